@@ -1,0 +1,263 @@
+"""Tests for the parameterised distillation heads in vid_jax.heads."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl.testing import absltest, parameterized
+
+from vid_jax import heads, losses
+
+
+def _normal(rng, shape, scale=1.0):
+    return (scale * rng.standard_normal(shape)).astype(np.float32)
+
+
+def _pool2(x):
+    """2x2 average pool of an NHWC NumPy array, written independently of the library."""
+    b, h, w, c = x.shape
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+
+
+def _linear_teacher(rng, student, c_t):
+    """Teacher features that are a fixed linear (1x1) map of the student's."""
+    w = _normal(rng, (student.shape[-1], c_t), scale=1.0 / np.sqrt(student.shape[-1]))
+    return student @ w
+
+
+def _sgd_losses(head, variables, student, teacher, steps, lr):
+    """Loss before and after `steps` plain SGD steps, and the trained variables."""
+    opt = optax.sgd(lr)
+    params = variables["params"]
+    opt_state = opt.init(params)
+
+    def loss_fn(p):
+        return head.apply({"params": p}, student, teacher)
+
+    @jax.jit
+    def step(p, s):
+        loss, grads = jax.value_and_grad(loss_fn)(p)
+        updates, s = opt.update(grads, s, p)
+        return optax.apply_updates(p, updates), s, loss
+
+    first = None
+    for _ in range(steps):
+        params, opt_state, loss = step(params, opt_state)
+        first = loss if first is None else first
+    return float(first), float(loss_fn(params)), {"params": params}
+
+
+class VIDHeadTest(chex.TestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.rng = np.random.default_rng(0)
+        self.key = jax.random.key(0)
+
+    @parameterized.named_parameters(
+        ("default", {}, [(1, 1, 3, 6), (1, 1, 6, 6), (1, 1, 6, 6)]),
+        ("hidden", {"hidden_channels": 16}, [(1, 1, 3, 16), (1, 1, 16, 16), (1, 1, 16, 6)]),
+        ("one_layer", {"num_layers": 1}, [(1, 1, 3, 6)]),
+        ("two_layers", {"num_layers": 2, "hidden_channels": 4}, [(1, 1, 3, 4), (1, 1, 4, 6)]),
+    )
+    def test_param_shapes(self, kwargs, kernel_shapes):
+        head = heads.VIDHead(teacher_channels=6, **kwargs)
+        s = np.ones((2, 4, 4, 3), np.float32)
+        t = np.ones((2, 4, 4, 6), np.float32)
+        params = head.init(self.key, s, t)["params"]
+        chex.assert_shape(params["alpha"], (6,))
+        conv_names = sorted(k for k in params if k != "alpha")
+        self.assertLen(conv_names, len(kernel_shapes))
+        for name, shape in zip(conv_names, kernel_shapes):
+            chex.assert_shape(params[name]["kernel"], shape)
+            chex.assert_shape(params[name]["bias"], shape[-1:])
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.parameters(5.0, 0.5)
+    def test_initial_variance(self, init_variance):
+        head = heads.VIDHead(teacher_channels=4, init_variance=init_variance)
+        s = _normal(self.rng, (2, 4, 4, 3))
+        variables = head.init(self.key, s, _normal(self.rng, (2, 4, 4, 4)))
+        mean, variance = self.variant(
+            lambda v, x: head.apply(v, x, method=heads.VIDHead.mean_and_variance)
+        )(variables, s)
+        chex.assert_shape(mean, (2, 4, 4, 4))
+        chex.assert_shape(variance, (4,))
+        np.testing.assert_allclose(variance, init_variance, atol=1e-5)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_loss_is_vid_nll_of_mean_and_variance(self):
+        head = heads.VIDHead(teacher_channels=5)
+        s = _normal(self.rng, (2, 4, 4, 3))
+        t = _normal(self.rng, (2, 4, 4, 5))
+        variables = head.init(self.key, s, t)
+        loss = self.variant(head.apply)(variables, s, t)
+        chex.assert_shape(loss, ())
+        mean, variance = head.apply(variables, s, method=heads.VIDHead.mean_and_variance)
+        expected = np.mean(0.5 * ((t - mean) ** 2 / variance + np.log(variance)))
+        np.testing.assert_allclose(loss, expected, rtol=1e-5)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_mean_is_relu_mlp_without_final_relu(self):
+        # Hand-evaluate mu with the initialised kernels: ReLU between layers only, so
+        # the output can be negative.
+        head = heads.VIDHead(teacher_channels=4, hidden_channels=8)
+        s = _normal(self.rng, (2, 3, 3, 3))
+        variables = head.init(self.key, s, _normal(self.rng, (2, 3, 3, 4)))
+        p = variables["params"]
+        x = s
+        for i in range(3):
+            if i > 0:
+                x = np.maximum(x, 0.0)
+            layer = p[f"convs_{i}"]
+            x = x @ np.asarray(layer["kernel"])[0, 0] + np.asarray(layer["bias"])
+        mean, _ = self.variant(
+            lambda v, x: head.apply(v, x, method=heads.VIDHead.mean_and_variance)
+        )(variables, s)
+        np.testing.assert_allclose(mean, x, rtol=1e-5, atol=1e-6)
+        self.assertLess(float(np.min(mean)), 0.0)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_gradient_reaches_every_param(self):
+        head = heads.VIDHead(teacher_channels=4)
+        s = _normal(self.rng, (2, 4, 4, 3))
+        t = _linear_teacher(self.rng, s, 4)
+        params = head.init(self.key, s, t)["params"]
+        grads = self.variant(
+            jax.grad(lambda p, a, b: head.apply({"params": p}, a, b))
+        )(params, s, t)
+        chex.assert_trees_all_equal_shapes(grads, params)
+        chex.assert_tree_all_finite(grads)
+        for path, g in jax.tree_util.tree_leaves_with_path(grads):
+            self.assertGreater(float(jnp.abs(g).max()), 0.0, msg=str(path))
+
+    @parameterized.named_parameters(
+        ("default", {}),
+        ("one_layer", {"num_layers": 1}),
+        ("hidden", {"hidden_channels": 12}),
+    )
+    def test_loss_decreases_under_sgd(self, kwargs):
+        head = heads.VIDHead(teacher_channels=4, **kwargs)
+        s = _normal(self.rng, (8, 4, 4, 3))
+        t = _linear_teacher(self.rng, s, 4)
+        variables = head.init(self.key, s, t)
+        first, last, trained = _sgd_losses(head, variables, s, t, steps=30, lr=0.5)
+        self.assertLess(last, first - 0.05)
+        # Not only the variance moved: the mean now fits the teacher better.
+        mean_and_var = heads.VIDHead.mean_and_variance
+        mse_before = np.mean((head.apply(variables, s, method=mean_and_var)[0] - t) ** 2)
+        mse_after = np.mean((head.apply(trained, s, method=mean_and_var)[0] - t) ** 2)
+        self.assertLess(mse_after, 0.9 * mse_before)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_pools_larger_student(self):
+        head = heads.VIDHead(teacher_channels=4)
+        s = _normal(self.rng, (2, 8, 8, 3))
+        t = _normal(self.rng, (2, 4, 4, 4))
+        variables = head.init(self.key, s, t)
+        got = self.variant(head.apply)(variables, s, t)
+        expected = head.apply(variables, _pool2(s), t)
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_pools_larger_teacher(self):
+        head = heads.VIDHead(teacher_channels=4)
+        s = _normal(self.rng, (2, 4, 4, 3))
+        t = _normal(self.rng, (2, 8, 8, 4))
+        variables = head.init(self.key, s, t)
+        got = self.variant(head.apply)(variables, s, t)
+        expected = head.apply(variables, s, _pool2(t))
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_vector_inputs_match_1x1_maps(self):
+        # [B, D] inputs (VID-LP) use the same parameters as 1x1 maps.
+        head = heads.VIDHead(teacher_channels=5)
+        s = _normal(self.rng, (3, 7))
+        t = _normal(self.rng, (3, 5))
+        variables = head.init(self.key, s, t)
+        got = self.variant(head.apply)(variables, s, t)
+        as_maps = head.apply(variables, s[:, None, None, :], t[:, None, None, :])
+        np.testing.assert_allclose(got, as_maps, rtol=1e-6)
+        mean, _ = head.apply(variables, s, method=heads.VIDHead.mean_and_variance)
+        chex.assert_shape(mean, (3, 5))
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_finite_for_large_activations(self):
+        head = heads.VIDHead(teacher_channels=4, init_variance=1e-3, eps=1e-6)
+        s = _normal(self.rng, (2, 4, 4, 3), scale=1e4)
+        t = _normal(self.rng, (2, 4, 4, 4), scale=1e4)
+        params = head.init(self.key, s, t)["params"]
+        value, grads = self.variant(
+            jax.value_and_grad(lambda p, a, b: head.apply({"params": p}, a, b))
+        )(params, s, t)
+        chex.assert_tree_all_finite((value, grads))
+
+    def test_rejects_bad_config_and_inputs(self):
+        s = np.ones((2, 4, 4, 3), np.float32)
+        t = np.ones((2, 4, 4, 4), np.float32)
+        with self.assertRaisesRegex(ValueError, "num_layers"):
+            heads.VIDHead(teacher_channels=4, num_layers=0).init(self.key, s, t)
+        with self.assertRaisesRegex(ValueError, "init_variance"):
+            heads.VIDHead(teacher_channels=4, init_variance=0.0).init(self.key, s, t)
+        with self.assertRaisesRegex(ValueError, "rank"):
+            heads.VIDHead(teacher_channels=4).init(self.key, s, t[:, 0, 0, :])
+
+
+class FitNetHeadTest(chex.TestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.rng = np.random.default_rng(1)
+        self.key = jax.random.key(1)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.parameters(1, 3)
+    def test_scalar_output_and_hint_value(self, kernel_size):
+        head = heads.FitNetHead(teacher_channels=6, kernel_size=kernel_size)
+        s = _normal(self.rng, (2, 4, 4, 3))
+        t = _normal(self.rng, (2, 4, 4, 6))
+        variables = head.init(self.key, s, t)
+        kernel = variables["params"]["regressor"]["kernel"]
+        chex.assert_shape(kernel, (kernel_size, kernel_size, 3, 6))
+        loss = self.variant(head.apply)(variables, s, t)
+        chex.assert_shape(loss, ())
+        if kernel_size == 1:
+            p = variables["params"]["regressor"]
+            regressed = s @ np.asarray(p["kernel"])[0, 0] + np.asarray(p["bias"])
+            np.testing.assert_allclose(loss, np.mean((regressed - t) ** 2), rtol=1e-5)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_pools_larger_student(self):
+        head = heads.FitNetHead(teacher_channels=4)
+        s = _normal(self.rng, (2, 8, 8, 3))
+        t = _normal(self.rng, (2, 4, 4, 4))
+        variables = head.init(self.key, s, t)
+        got = self.variant(head.apply)(variables, s, t)
+        np.testing.assert_allclose(got, head.apply(variables, _pool2(s), t), rtol=1e-6)
+
+    @parameterized.parameters(1, 3)
+    def test_loss_decreases_under_sgd(self, kernel_size):
+        head = heads.FitNetHead(teacher_channels=4, kernel_size=kernel_size)
+        s = _normal(self.rng, (8, 4, 4, 3))
+        t = _linear_teacher(self.rng, s, 4)
+        variables = head.init(self.key, s, t)
+        first, last, _ = _sgd_losses(head, variables, s, t, steps=20, lr=0.1)
+        self.assertLess(last, 0.8 * first)
+
+
+class AttentionTransferHelperTest(chex.TestCase):
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_helper_equals_pooled_loss(self):
+        rng = np.random.default_rng(2)
+        s = _normal(rng, (2, 4, 4, 3))
+        t = _normal(rng, (2, 8, 8, 5))
+        got = self.variant(losses.attention_transfer)(s, t)
+        expected = losses.attention_transfer_loss(s, _pool2(t))
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+if __name__ == "__main__":
+    absltest.main()
