@@ -1,0 +1,75 @@
+"""The fields every run config has, with their defaults; `configs/*.py` start from here."""
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    config.data = ml_collections.ConfigDict(dict(
+        source="tfds",            # tfds | image_folder | digits
+        name="cifar10",           # tfds name
+        data_dir=None,            # tfds data_dir
+        download=True,            # tfds may download when it has network
+        path=None,                # image_folder root: path/{train,test}/<class>/*.jpg
+        image_size=None,          # image_folder resize, None keeps the files' size
+        train_split="train",
+        test_split="test",
+        test_fraction=0.3,        # digits only: its held-out share
+        images_per_class=None,    # M of Table 1a; None = all
+        labels_per_class=None,    # N_l of Table 1b; None = all labelled
+        validation_fraction=0.0,  # per-class hold-out (the paper used 0.2)
+        subset_seed=0,
+        mean=None,                # None: computed from the training images
+        std=None,
+    ))
+    config.augment = ml_collections.ConfigDict(dict(crop_padding=4, flip=True))
+
+    config.model = ml_collections.ConfigDict(dict(name="wrn", depth=16, width=1))
+    # A distillation run sets teacher.model and teacher.workdir (the teacher's own run).
+    config.teacher = ml_collections.ConfigDict(dict(model=None, workdir=None))
+    # Terms of the distillation loss: name -> {weight, method (default: name), **arguments}.
+    config.distill = ml_collections.ConfigDict()
+    config.task_loss_weight = 1.0
+
+    config.num_epochs = 200
+    config.batch_size = 128
+    config.eval_batch_size = 500
+    config.num_devices = None     # None: all devices JAX sees
+    config.optimizer = ml_collections.ConfigDict(dict(
+        name="sgd", learning_rate=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4,
+        schedule="piecewise", boundaries_epochs=(60, 120, 160), decay_factor=0.2))
+    config.head_optimizer = None  # None: the same as the student's
+    config.checkpoint_every_epochs = 1
+    config.progress_bar = True
+    config.log_epochs = True
+    return config
+
+
+def cifar100_recipe() -> ml_collections.ConfigDict:
+    """RepDistiller's CIFAR-100 schedule: 240 epochs, batch 64, lr 0.05 x0.1 at 150/180/210."""
+    config = base_config()
+    config.data.source = "tfds"
+    config.data.name = "cifar100"
+    # The published channel statistics of CIFAR-100's training set.
+    config.data.mean = (0.5071, 0.4865, 0.4409)
+    config.data.std = (0.2673, 0.2564, 0.2762)
+    config.num_epochs = 240
+    config.batch_size = 64
+    config.optimizer.update(learning_rate=0.05, weight_decay=5e-4, schedule="piecewise",
+                            boundaries_epochs=(150, 180, 210), decay_factor=0.1)
+    return config
+
+
+def cifar10_recipe() -> ml_collections.ConfigDict:
+    """WRN's CIFAR schedule (Zagoruyko & Komodakis): 200 epochs, batch 128, lr 0.1 x0.2 at
+    60/120/160. TFDS by default; `--config.data.source=image_folder --config.data.path=DIR`
+    reads the same data from an image folder."""
+    config = base_config()
+    config.data.source = "tfds"
+    config.data.name = "cifar10"
+    config.data.mean = (0.4914, 0.4822, 0.4465)
+    config.data.std = (0.2470, 0.2435, 0.2616)
+    config.num_epochs = 200
+    config.batch_size = 128
+    return config

@@ -1,0 +1,393 @@
+"""Training a teacher, a student alone, or a student with distillation: one loop, one step.
+
+The step knows no method by name: it adds `weight * term(student_layers, teacher_layers)` for
+each term that `config.distill` lists (see `vid_jax.methods`). It is jitted and data-parallel:
+`jax.shard_map` over a one-axis mesh named `data`; each device holds a slice of the batch,
+batch-norm statistics are averaged over the axis, and the loss is the mean over devices, so
+gradients equal those of the whole batch on one device.
+"""
+import copy
+import json
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+from tqdm import tqdm
+
+from vid_jax import augment, data, methods
+from vid_jax.checkpoints import Checkpoints, load_variables
+from vid_jax.metric_writer import MetricWriter, read_metrics, write_atomically
+from vid_jax.models import build_model
+
+AXIS = "data"
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jnp.ndarray
+    params: dict[str, Any]  # {"student": ..., "heads": {term name: ...}}
+    batch_stats: Any        # the student's
+    opt_state: optax.OptState
+    rng: jnp.ndarray
+
+
+# ---------------------------------------------------------------------------------------------
+# Devices and batches.
+
+def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
+    """A one-axis mesh over the first `num_devices` devices (all of them by default)."""
+    devices = jax.devices()
+    if num_devices:
+        if num_devices > len(devices):
+            raise ValueError(f"num_devices={num_devices}, but JAX sees only {len(devices)}.")
+        devices = devices[:num_devices]
+    return jax.make_mesh((len(devices),), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
+                         devices=devices)
+
+
+class BatchSampler:
+    """Batch indices as a pure function of (seed, step): a stream of seeded permutations.
+
+    Batches always have the same shape (a batch may run across the end of an epoch), so the
+    step never recompiles, and a resumed run sees exactly the batches of an uninterrupted one.
+    """
+
+    def __init__(self, num_examples: int, batch_size: int, seed: int):
+        self.num_examples, self.batch_size, self.seed = num_examples, batch_size, seed
+        self._cache: tuple[int, np.ndarray] | None = None
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, self.num_examples // self.batch_size)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if self._cache is None or self._cache[0] != epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            self._cache = (epoch, rng.permutation(self.num_examples))
+        return self._cache[1]
+
+    def indices(self, step: int) -> np.ndarray:
+        out, position = [], step * self.batch_size
+        while sum(map(len, out)) < self.batch_size:
+            epoch, offset = divmod(position, self.num_examples)
+            take = self._permutation(epoch)[offset:offset + self.batch_size - sum(map(len, out))]
+            out.append(take)
+            position += len(take)
+        return np.concatenate(out)
+
+
+def sown_layers(intermediates: Mapping[str, Any], prefix: str = "") -> dict[str, jnp.ndarray]:
+    """Flattens Flax's `intermediates` collection to {layer name: array}."""
+    layers = {}
+    for key, value in intermediates.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, tuple):
+            layers[name] = value[-1]
+        else:
+            layers.update(sown_layers(value, prefix=f"{name}/"))
+    return layers
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizer.
+
+def make_schedule(opt: ml_collections.ConfigDict, steps_per_epoch: int,
+                  num_epochs: int) -> optax.Schedule:
+    lr = opt.learning_rate
+    if opt.schedule == "piecewise":
+        return optax.piecewise_constant_schedule(
+            lr, {int(e * steps_per_epoch): opt.decay_factor for e in opt.boundaries_epochs})
+    if opt.schedule == "cosine":
+        return optax.cosine_decay_schedule(lr, num_epochs * steps_per_epoch)
+    if opt.schedule == "constant":
+        return optax.constant_schedule(lr)
+    raise ValueError(f"Unknown schedule {opt.schedule!r}; use piecewise, cosine or constant.")
+
+
+def make_transform(opt: ml_collections.ConfigDict,
+                   schedule: optax.Schedule) -> optax.GradientTransformation:
+    if opt.name == "sgd":
+        # Decay is added to the gradient, as PyTorch's SGD(weight_decay=...) does.
+        return optax.chain(optax.add_decayed_weights(opt.weight_decay),
+                           optax.sgd(schedule, momentum=opt.momentum, nesterov=opt.nesterov))
+    if opt.name == "adamw":
+        return optax.adamw(schedule, weight_decay=opt.weight_decay)
+    raise ValueError(f"Unknown optimizer {opt.name!r}; use sgd or adamw.")
+
+
+def make_optimizer(config: ml_collections.ConfigDict,
+                   steps_per_epoch: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """Student and heads get their own transforms, through `optax.partition`."""
+    student_schedule = make_schedule(config.optimizer, steps_per_epoch, config.num_epochs)
+    head_opt = config.get("head_optimizer") or config.optimizer
+    tx = optax.partition(
+        {"student": make_transform(config.optimizer, student_schedule),
+         "heads": make_transform(head_opt, make_schedule(head_opt, steps_per_epoch,
+                                                         config.num_epochs))},
+        lambda params: {group: jax.tree.map(lambda _: group, tree)
+                        for group, tree in params.items()})
+    return tx, student_schedule
+
+
+# ---------------------------------------------------------------------------------------------
+# The step.
+
+def make_train_step(student, teacher, terms, tx, mesh, config):
+    """Returns jit(shard_map(step)): (state, teacher_variables, batch) -> (state, metrics)."""
+    mean, std = tuple(config.data.mean), tuple(config.data.std)
+    padding, flip = config.augment.crop_padding, config.augment.flip
+    task_weight = config.task_loss_weight
+
+    def step(state, teacher_variables, images, labels, labelled):
+        local_batch = images.shape[0]
+        first = jax.lax.axis_index(AXIS) * local_batch
+        keys = augment.example_keys(jax.random.fold_in(state.rng, state.step),
+                                    first + jnp.arange(local_batch))
+        x = augment.normalize(augment.random_crop_flip(images, keys, padding, flip), mean, std)
+
+        teacher_layers = {}
+        if teacher is not None:
+            _, sown = teacher.apply(teacher_variables, x, train=False, mutable=["intermediates"])
+            teacher_layers = jax.lax.stop_gradient(sown_layers(sown["intermediates"]))
+
+        # Unlabelled images get no task loss (Table 1b); normalise by the global label count.
+        mask = labelled.astype(jnp.float32)
+        num_labelled = jax.lax.psum(jnp.sum(mask), AXIS)
+        num_devices = jax.lax.psum(1, AXIS)
+
+        def loss_fn(params):
+            logits, new_vars = student.apply(
+                {"params": params["student"], "batch_stats": state.batch_stats}, x, train=True,
+                mutable=["batch_stats", "intermediates"])
+            student_layers = sown_layers(new_vars["intermediates"])
+            cross_entropy = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+            task = jnp.sum(mask * cross_entropy) * num_devices / jnp.maximum(num_labelled, 1.0)
+            values = {term.name: term.module.apply({"params": params["heads"][term.name]},
+                                                   student_layers, teacher_layers)
+                      for term in terms}
+            total = task_weight * task + sum(term.weight * values[term.name] for term in terms)
+            # The mean over devices is the loss of the whole batch; its gradient is the
+            # whole batch's gradient on every device.
+            return jax.lax.pmean(total, AXIS), (new_vars["batch_stats"], task, values, logits)
+
+        (loss, (batch_stats, task, values, logits)), grads = jax.value_and_grad(
+            loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        correct = jnp.sum(mask * (jnp.argmax(logits, -1) == labels))
+        metrics = {"loss": loss, "task_loss": jax.lax.pmean(task, AXIS),
+                   **{f"{name}_loss": jax.lax.pmean(v, AXIS) for name, v in values.items()},
+                   "train_correct": jax.lax.psum(correct, AXIS), "train_labelled": num_labelled}
+        new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                                  opt_state=opt_state)
+        return new_state, metrics
+
+    sharded = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(), P(AXIS), P(AXIS), P(AXIS)),
+                            out_specs=(P(), P()))
+    return jax.jit(sharded, donate_argnums=(0,))
+
+
+def make_eval_step(model, mesh, config):
+    """(variables, images, labels, valid) -> (number correct, summed cross-entropy)."""
+    mean, std = tuple(config.data.mean), tuple(config.data.std)
+
+    def step(variables, images, labels, valid):
+        logits = model.apply(variables, augment.normalize(images, mean, std), train=False)
+        valid = valid.astype(jnp.float32)
+        correct = jnp.sum(valid * (jnp.argmax(logits, -1) == labels))
+        loss = jnp.sum(valid * optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+        return jax.lax.psum(correct, AXIS), jax.lax.psum(loss, AXIS)
+
+    return jax.jit(jax.shard_map(step, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS), P(AXIS)),
+                                 out_specs=(P(), P())))
+
+
+def evaluate(eval_step, variables, split: data.Split, batch_size: int,
+             sharding: NamedSharding) -> dict[str, float]:
+    """Accuracy and loss over a whole split; the last batch is padded and masked, not dropped."""
+    n = len(split)
+    correct = loss = 0.0
+    for start in range(0, n, batch_size):
+        idx = np.arange(start, start + batch_size)
+        valid = idx < n
+        idx = np.where(valid, idx, 0)
+        batch = jax.device_put((split.images[idx], split.labels[idx], valid), sharding)
+        c, l = eval_step(variables, *batch)
+        correct, loss = correct + c, loss + l
+    return {"accuracy": float(correct) / n, "loss": float(loss) / n}
+
+
+# ---------------------------------------------------------------------------------------------
+# Set-up: everything is checked before anything is written.
+
+def _check_batch(name: str, batch_size: int, mesh) -> None:
+    if batch_size % mesh.size:
+        raise ValueError(f"config.{name}={batch_size} is not divisible by the {mesh.size} devices; "
+                         f"use a multiple of {mesh.size}.")
+
+
+def _abstract_layers(model, variables, image_shape) -> dict[str, jax.ShapeDtypeStruct]:
+    x = jax.ShapeDtypeStruct((2, *image_shape), jnp.float32)
+    _, sown = jax.eval_shape(lambda v, x: model.apply(v, x, mutable=["intermediates"]),
+                             variables, x)
+    return sown_layers(sown["intermediates"])
+
+
+def load_teacher(teacher_config, num_classes: int, image_shape):
+    """The frozen teacher: its model and variables, checked against the config's model."""
+    model = build_model(teacher_config.model, num_classes)
+    variables = load_variables(teacher_config.workdir)
+    expected = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, *image_shape)), train=False))
+    expected = {k: expected[k] for k in ("params", "batch_stats") if k in expected}
+    got = jax.tree.map(lambda a: tuple(np.shape(a)), variables)
+    want = jax.tree.map(lambda a: tuple(a.shape), expected)
+    if got != want:
+        raise ValueError(
+            f"The checkpoint in {teacher_config.workdir} does not fit config.teacher.model "
+            f"({dict(teacher_config.model)}, {num_classes} classes): its variables have other "
+            "names or shapes. Set config.teacher.model to the model that run trained.")
+    return model, jax.tree.map(jnp.asarray, variables)
+
+
+def _resolved_data_config(config, dataset: data.Dataset) -> None:
+    """Fills in per-channel mean/std from the training images when the config leaves them out."""
+    with config.unlocked():
+        if config.data.get("mean") is None or config.data.get("std") is None:
+            pixels = dataset.train.images.reshape(-1, dataset.train.images.shape[-1]) / 255.0
+            config.data.mean = [float(v) for v in pixels.mean(0)]
+            config.data.std = [float(v) for v in pixels.std(0)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop.
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       dataset: data.Dataset | None = None) -> dict[str, Any]:
+    """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the summary."""
+    config = copy.deepcopy(config)  # filled-in fields stay local
+    dataset = dataset if dataset is not None else data.load_dataset(config.data)
+    _resolved_data_config(config, dataset)
+    mesh = make_mesh(config.get("num_devices"))
+    _check_batch("batch_size", config.batch_size, mesh)
+    eval_batch = config.get("eval_batch_size") or config.batch_size
+    _check_batch("eval_batch_size", eval_batch, mesh)
+    image_shape = dataset.train.images.shape[1:]
+
+    teacher = teacher_variables = teacher_sown = None
+    if config.get("teacher") and config.teacher.get("workdir"):
+        teacher, teacher_variables = load_teacher(config.teacher, dataset.num_classes, image_shape)
+        teacher_sown = _abstract_layers(teacher, teacher_variables, image_shape)
+    terms = methods.build_terms(config.get("distill"))
+
+    student = build_model(config.model, dataset.num_classes, bn_axis_name=AXIS)
+    root = jax.random.PRNGKey(config.seed)
+    student_vars = student.init(jax.random.fold_in(root, 0), jnp.zeros((1, *image_shape)),
+                                train=False)
+    student_sown = _abstract_layers(student, student_vars, image_shape)
+    methods.check_layers(terms, list(student_sown),
+                         None if teacher_sown is None else list(teacher_sown))
+    zeros = lambda layers: {k: jnp.zeros(v.shape, v.dtype) for k, v in layers.items()}
+    head_params = {
+        term.name: term.module.init(jax.random.fold_in(jax.random.fold_in(root, 1), i),
+                                    zeros(student_sown), zeros(teacher_sown or {})).get("params", {})
+        for i, term in enumerate(terms)}
+
+    sampler = BatchSampler(len(dataset.train), config.batch_size, config.seed)
+    tx, schedule = make_optimizer(config, sampler.steps_per_epoch)
+    params = {"student": student_vars["params"], "heads": head_params}
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                       batch_stats=student_vars.get("batch_stats", {}),
+                       opt_state=tx.init(params), rng=jax.random.fold_in(root, 2))
+
+    # Validation passed: from here on the workdir is written.
+    os.makedirs(workdir, exist_ok=True)
+    checkpoints = Checkpoints(workdir)
+    start_epoch = 0
+    restored = checkpoints.restore_latest(state)
+    if restored is not None:
+        state, start_epoch = restored
+    write_atomically(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+    writer = MetricWriter(workdir, resume_epoch=start_epoch)
+
+    replicated = NamedSharding(mesh, P())
+    batch_sharding = NamedSharding(mesh, P(AXIS))
+    state = jax.device_put(state, replicated)
+    teacher_variables = jax.device_put(teacher_variables, replicated)
+    train_split = dataset.train
+
+    def batch(step: int):
+        idx = sampler.indices(step)
+        return jax.device_put(
+            (train_split.images[idx], train_split.labels[idx], train_split.labelled[idx]),
+            batch_sharding)
+
+    t0 = time.perf_counter()
+    train_step = make_train_step(student, teacher, terms, tx, mesh, config).lower(
+        state, teacher_variables, *batch(0)).compile()
+    compile_seconds = time.perf_counter() - t0
+    eval_step = make_eval_step(student, mesh, config)
+    selection = "validation" if dataset.validation is not None else "test"
+
+    history = []
+    for epoch in range(start_epoch + 1, config.num_epochs + 1):
+        t0 = time.perf_counter()
+        totals = None
+        first_step = (epoch - 1) * sampler.steps_per_epoch
+        for step in tqdm(range(first_step, first_step + sampler.steps_per_epoch),
+                         desc=f"epoch {epoch}/{config.num_epochs}", leave=False,
+                         disable=not config.get("progress_bar", True)):
+            state, metrics = train_step(state, teacher_variables, *batch(step))
+            totals = metrics if totals is None else jax.tree.map(jnp.add, totals, metrics)
+        totals = jax.device_get(totals)
+        seconds = time.perf_counter() - t0
+        record = {k: float(v) / sampler.steps_per_epoch for k, v in totals.items()
+                  if k not in ("train_correct", "train_labelled")}
+        record["train_accuracy"] = float(totals["train_correct"]) / max(
+            float(totals["train_labelled"]), 1.0)
+        record["learning_rate"] = float(schedule(int(state.step) - 1))
+        record["images_per_sec"] = sampler.steps_per_epoch * config.batch_size / seconds
+        variables = {"params": state.params["student"], "batch_stats": state.batch_stats}
+        for split_name, split in (("test", dataset.test), ("validation", dataset.validation)):
+            if split is not None:
+                for k, v in evaluate(eval_step, variables, split, eval_batch,
+                                     batch_sharding).items():
+                    record[f"{split_name}_{k}"] = v
+        writer.write(epoch, record)
+        history.append(record)
+        if epoch % config.checkpoint_every_epochs == 0 or epoch == config.num_epochs:
+            checkpoints.save(epoch, state, variables,
+                             {"accuracy": record[f"{selection}_accuracy"]})
+        if config.get("log_epochs", True):
+            print(f"epoch {epoch:4d}  loss {record['loss']:.4f}  train_acc "
+                  f"{record['train_accuracy']:.4f}  test_acc {record['test_accuracy']:.4f}  "
+                  f"{record['images_per_sec']:.0f} img/s", flush=True)
+    writer.close()
+    checkpoints.close()
+
+    summary = summarize(workdir, selection)
+    summary.update(compile_seconds=compile_seconds,
+                   student_parameters=int(sum(x.size for x in jax.tree.leaves(params["student"]))))
+    write_atomically(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2))
+    return summary
+
+
+def summarize(workdir: str, selection: str = "test") -> dict[str, Any]:
+    """Final and best accuracies from a run's metrics.jsonl."""
+    lines = read_metrics(os.path.join(workdir, MetricWriter.FILENAME))
+    last = lines[-1]
+    best = max(lines, key=lambda line: line[f"{selection}_accuracy"])
+    return {"epochs": last["epoch"], "final_test_accuracy": last["test_accuracy"],
+            "best_test_accuracy": max(line["test_accuracy"] for line in lines),
+            f"best_{selection}_epoch": best["epoch"],
+            "test_accuracy_at_best_selection": best["test_accuracy"],
+            "selected_by": selection}
