@@ -1,0 +1,22 @@
+"""Data sets in memory: loaders (TFDS, image folders, scikit-learn's digits) and seeded
+per-class subsets of the training split."""
+from vid_jax.data.sources import (
+    SOURCES,
+    load_dataset,
+    load_digits,
+    load_image_folder,
+    load_tfds,
+)
+from vid_jax.data.subsets import (
+    apply_subsets,
+    holdout_split,
+    images_per_class,
+    labelled_mask,
+)
+from vid_jax.data.types import Dataset, DatasetUnavailableError, Split
+
+__all__ = [
+    "SOURCES", "Dataset", "DatasetUnavailableError", "Split", "apply_subsets", "holdout_split",
+    "images_per_class", "labelled_mask", "load_dataset", "load_digits", "load_image_folder",
+    "load_tfds",
+]

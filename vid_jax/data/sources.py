@@ -1,0 +1,272 @@
+"""Where data sets come from: TFDS, an image folder on disk, or scikit-learn's digits.
+
+Each loader reads whole splits into memory as NumPy arrays (uint8 NHWC images, int32 labels);
+`load_dataset` picks one from the data config and then applies the configured subsets.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from vid_jax.data.subsets import apply_subsets
+from vid_jax.data.types import Dataset, DatasetUnavailableError, Split
+
+DataConfig = ml_collections.ConfigDict | Mapping[str, Any]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+# ---------------------------------------------------------------------------------------------
+# TFDS.
+
+# Examples per tf.data batch when reading a split: large enough to be fast, bounded because
+# `tfds.load(batch_size=-1)` asks for sys.maxsize rows when the split size is unknown (as under
+# `tfds.testing.mock_data`), which aborts the process.
+_TFDS_CHUNK = 10_000
+
+
+def _has_network(host: str = "storage.googleapis.com", port: int = 443,
+                 timeout: float = 3.0) -> bool:
+    """Whether TFDS's download host answers; checked first because a TFDS download without
+    network takes minutes to fail."""
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _hide_gpus_from_tensorflow() -> None:
+    """Keeps TF (which TFDS runs on) off the accelerators, which belong to JAX."""
+    try:
+        import tensorflow as tf
+        tf.config.set_visible_devices([], "GPU")
+    except (ImportError, RuntimeError, ValueError):
+        pass  # no TF, or TF already initialised its devices: nothing left to change
+
+
+def _unavailable_message(name: str, data_dir: str | None, reason: str) -> str:
+    where = data_dir or os.environ.get("TFDS_DATA_DIR") or "the default ~/tensorflow_datasets"
+    return (
+        f"TFDS data set {name!r} is not prepared in {where} and cannot be downloaded "
+        f"({reason}). Prepare it on a machine with network (`python -c \"import "
+        f"tensorflow_datasets as tfds; tfds.load('{name}')\"`) and point "
+        "--config.data.data_dir at a copy, or use --config.data.source=image_folder "
+        "--config.data.path=DIR.")
+
+
+def _read_tfds_split(ds, name: str, split: str) -> Split:
+    """Reads a supervised tf.data split of (image, label) pairs into one Split."""
+    import tensorflow_datasets as tfds
+
+    if None in ds.element_spec[0].shape:
+        raise ValueError(
+            f"TFDS data set {name!r} has images of varying size ({ds.element_spec[0].shape}); "
+            "export it as an image folder and use --config.data.source=image_folder "
+            "with --config.data.image_size.")
+    chunks = list(tfds.as_numpy(ds.batch(_TFDS_CHUNK)))
+    if not chunks:
+        raise ValueError(f"TFDS data set {name!r} split {split!r} is empty.")
+    images = np.concatenate([x for x, _ in chunks])
+    labels = np.concatenate([y for _, y in chunks])
+    if images.ndim == 3:  # grayscale without a channel axis
+        images = images[..., None]
+    return Split.from_arrays(images, labels)
+
+
+def load_tfds(name: str, data_dir: str | None = None, train_split: str = "train",
+              test_split: str = "test", download: bool = True) -> Dataset:
+    """A TFDS data set, read whole into memory.
+
+    Reads what is prepared in `data_dir` first; downloads only if that fails, `download` is
+    set and the network answers. Otherwise raises DatasetUnavailableError.
+    """
+    _hide_gpus_from_tensorflow()
+    import tensorflow_datasets as tfds  # slow to import: only when TFDS is used
+
+    def load(split: str, may_download: bool):
+        return tfds.load(name, split=split, data_dir=data_dir, as_supervised=True,
+                         with_info=True, download=may_download)
+
+    try:
+        try:
+            (train, info), (test, _) = load(train_split, False), load(test_split, False)
+        except AssertionError as not_prepared:  # TFDS's "could not find data in <dir>"
+            if not download:
+                raise DatasetUnavailableError(
+                    _unavailable_message(name, data_dir, "download=False")) from not_prepared
+            if not _has_network():
+                raise DatasetUnavailableError(
+                    _unavailable_message(name, data_dir, "no network")) from not_prepared
+            try:
+                (train, info), (test, _) = load(train_split, True), load(test_split, True)
+            except Exception as failed:  # any download failure means the same to the user
+                raise DatasetUnavailableError(_unavailable_message(
+                    name, data_dir, f"the download failed: {failed}")) from failed
+    except tfds.core.DatasetNotFoundError as unknown:
+        # TFDS's own message lists every data set it knows: too long to be useful here.
+        raise ValueError(f"TFDS has no data set named {name!r}; see "
+                         "https://www.tensorflow.org/datasets/catalog.") from unknown
+
+    label = info.features["label"]
+    return Dataset(train=_read_tfds_split(train, name, train_split),
+                   test=_read_tfds_split(test, name, test_split),
+                   num_classes=int(label.num_classes), class_names=tuple(label.names))
+
+
+# ---------------------------------------------------------------------------------------------
+# Image folder: path/<split>/<class>/*.{jpg,jpeg,png}.
+
+def _class_dirs(split_dir: Path) -> list[Path]:
+    """The class subdirectories of a split, sorted by name (hidden ones skipped)."""
+    return sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _image_files(class_dir: Path) -> list[Path]:
+    """A class's image files, sorted by name so that the order is deterministic."""
+    files = sorted(p for p in class_dir.iterdir()
+                   if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    if not files:
+        raise ValueError(f"Class folder {class_dir} has no {'/'.join(IMAGE_SUFFIXES)} images.")
+    return files
+
+
+def _decode(path: Path, image_size: int | None) -> np.ndarray:
+    """One image as uint8 RGB [H, W, 3], resized bilinearly to a square if `image_size`."""
+    with Image.open(path) as image:
+        if image.mode != "RGB":  # grayscale, palette, RGBA, CMYK
+            image = image.convert("RGB")
+        if image_size is not None:
+            image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
+        return np.asarray(image)
+
+
+def _read_folder_split(split_dir: Path, class_names: tuple[str, ...], image_size: int | None,
+                       num_threads: int) -> Split:
+    """Decodes every image of one split; labels are positions in `class_names`."""
+    files, labels = [], []
+    for label, class_name in enumerate(class_names):
+        class_files = _image_files(split_dir / class_name)
+        files += class_files
+        labels += [label] * len(class_files)
+    # Pillow releases the GIL while it decodes and resizes, so threads help with large images
+    # (CUB, MIT-67); for tiny ones (CIFAR) header parsing in Python dominates.
+    with ThreadPoolExecutor(num_threads) as pool:
+        images = list(pool.map(lambda f: _decode(f, image_size), files))
+    sizes = sorted({image.shape[:2] for image in images})
+    if len(sizes) > 1:
+        raise ValueError(
+            f"The images in {split_dir} have different sizes (e.g. {sizes[0]} and {sizes[-1]}; "
+            f"{len(sizes)} sizes in all); set --config.data.image_size to resize them to one.")
+    return Split.from_arrays(np.stack(images), np.asarray(labels, np.int32))
+
+
+def load_image_folder(path: str | os.PathLike, train_split: str = "train",
+                      test_split: str = "test", image_size: int | None = None,
+                      num_threads: int = 8) -> Dataset:
+    """A data set laid out as `path/<split>/<class>/*.{jpg,jpeg,png}`, read whole.
+
+    The classes are the train split's subdirectories in sorted order; the test split must have
+    the same ones. Images are decoded as RGB and, if `image_size` is set, resized to
+    `image_size` x `image_size`.
+    """
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise DatasetUnavailableError(
+            f"Image folder {root} does not exist. Expected the layout "
+            f"{root}/{{{train_split},{test_split}}}/<class>/*.jpg (or .jpeg, .png).")
+    split_dirs = {split: root / split for split in (train_split, test_split)}
+    for split, split_dir in split_dirs.items():
+        if not split_dir.is_dir():
+            raise ValueError(f"Image folder {root} has no {split!r} split: {split_dir} is "
+                             "missing (set --config.data.train_split/test_split if it has "
+                             "another name).")
+    class_names = tuple(d.name for d in _class_dirs(split_dirs[train_split]))
+    if not class_names:
+        raise ValueError(f"{split_dirs[train_split]} has no class subdirectories.")
+    test_classes = tuple(d.name for d in _class_dirs(split_dirs[test_split]))
+    if test_classes != class_names:
+        missing = sorted(set(class_names) - set(test_classes))
+        extra = sorted(set(test_classes) - set(class_names))
+        raise ValueError(f"The {test_split!r} split of {root} must have the same classes as "
+                         f"{train_split!r}; missing from it: {missing}, only in it: {extra}.")
+    train, test = (_read_folder_split(split_dirs[s], class_names, image_size, num_threads)
+                   for s in (train_split, test_split))
+    if train.images.shape[1:] != test.images.shape[1:]:
+        raise ValueError(f"Train images are {train.images.shape[1:3]} but test images are "
+                         f"{test.images.shape[1:3]}; set --config.data.image_size.")
+    return Dataset(train=train, test=test, num_classes=len(class_names), class_names=class_names)
+
+
+# ---------------------------------------------------------------------------------------------
+# scikit-learn's digits: 1,797 8x8 grayscale digits that ship with scikit-learn.
+
+def load_digits(test_fraction: float = 0.3, seed: int = 0) -> Dataset:
+    """scikit-learn's digits as uint8 [N, 8, 8, 1] images, split stratified by class."""
+    from sklearn.datasets import load_digits as sklearn_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = sklearn_digits()
+    # Pixel values are 0..16; scale them to the 0..255 range of every other source.
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    labels = digits.target.astype(np.int32)
+    train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=test_fraction,
+                                           stratify=labels, random_state=seed)
+    train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
+    return Dataset(train=Split.from_arrays(images[train_idx], labels[train_idx]),
+                   test=Split.from_arrays(images[test_idx], labels[test_idx]),
+                   num_classes=10, class_names=tuple(str(d) for d in range(10)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Dispatch on the data config.
+
+def _required(data_config: DataConfig, field: str, source: str) -> Any:
+    value = data_config.get(field)
+    if value is None:
+        raise ValueError(f"source={source!r} needs --config.data.{field}.")
+    return value
+
+
+def _tfds_source(c: DataConfig) -> Dataset:
+    return load_tfds(_required(c, "name", "tfds"), data_dir=c.get("data_dir"),
+                     train_split=c.get("train_split") or "train",
+                     test_split=c.get("test_split") or "test",
+                     download=bool(c.get("download", True)))
+
+
+def _image_folder_source(c: DataConfig) -> Dataset:
+    return load_image_folder(_required(c, "path", "image_folder"),
+                             train_split=c.get("train_split") or "train",
+                             test_split=c.get("test_split") or "test",
+                             image_size=c.get("image_size"))
+
+
+def _digits_source(c: DataConfig) -> Dataset:
+    # The test split keeps load_digits' fixed seed, so runs with other subset seeds are
+    # evaluated on the same test images.
+    fraction = c.get("test_fraction")
+    return load_digits(test_fraction=0.3 if fraction is None else fraction)
+
+
+# Each source reads a Dataset from the data config.
+SOURCES: dict[str, Callable[[DataConfig], Dataset]] = {
+    "tfds": _tfds_source,
+    "image_folder": _image_folder_source,
+    "digits": _digits_source,
+}
+
+
+def load_dataset(data_config: DataConfig) -> Dataset:
+    """The data set `data_config.source` names, with the config's subsets applied."""
+    source = data_config.get("source") or "tfds"
+    if source not in SOURCES:
+        raise ValueError(f"Unknown data source {source!r}; known: {', '.join(SOURCES)}.")
+    return apply_subsets(SOURCES[source](data_config), data_config)
