@@ -7,13 +7,14 @@ batch-norm statistics are averaged over the axis, and the loss is the mean over 
 gradients equal those of the whole batch on one device.
 """
 import copy
+import dataclasses
 import json
 import os
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -26,7 +27,7 @@ from tqdm import tqdm
 from vid_jax import augment, data, methods
 from vid_jax.checkpoints import Checkpoints, load_variables
 from vid_jax.metric_writer import MetricWriter, read_metrics, write_atomically
-from vid_jax.models import build_model
+from vid_jax.models import build_model, sown_layers
 
 AXIS = "data"
 
@@ -83,18 +84,6 @@ class BatchSampler:
             out.append(take)
             position += len(take)
         return np.concatenate(out)
-
-
-def sown_layers(intermediates: Mapping[str, Any], prefix: str = "") -> dict[str, jnp.ndarray]:
-    """Flattens Flax's `intermediates` collection to {layer name: array}."""
-    layers = {}
-    for key, value in intermediates.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, tuple):
-            layers[name] = value[-1]
-        else:
-            layers.update(sown_layers(value, prefix=f"{name}/"))
-    return layers
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,6 +233,9 @@ def _abstract_layers(model, variables, image_shape) -> dict[str, jax.ShapeDtypeS
 
 def load_teacher(teacher_config, num_classes: int, image_shape):
     """The frozen teacher: its model and variables, checked against the config's model."""
+    if not teacher_config.get("workdir"):
+        raise ValueError("config.teacher.model is set but config.teacher.workdir is not: set it "
+                         "to the workdir of the teacher's own run.")
     model = build_model(teacher_config.model, num_classes)
     variables = load_variables(teacher_config.workdir)
     expected = jax.eval_shape(
@@ -268,24 +260,45 @@ def _resolved_data_config(config, dataset: data.Dataset) -> None:
             config.data.std = [float(v) for v in pixels.std(0)]
 
 
-# ---------------------------------------------------------------------------------------------
-# The loop.
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """Everything one run needs, built from its config and checked; nothing written yet."""
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       dataset: data.Dataset | None = None) -> dict[str, Any]:
-    """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the summary."""
+    config: ml_collections.ConfigDict  # with the data statistics filled in
+    dataset: data.Dataset
+    mesh: jax.sharding.Mesh
+    student: nn.Module
+    teacher: nn.Module | None
+    teacher_variables: Any
+    terms: list[methods.Term]
+    sampler: BatchSampler
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    state: TrainState  # the initial state, on the host
+
+
+def prepare(config: ml_collections.ConfigDict, dataset: data.Dataset | None = None,
+            teacher_variables: Any = None) -> Run:
+    """Loads the data and the teacher and builds the initial state, failing on any bad input.
+
+    `teacher_variables` stands in for the checkpoint in `config.teacher.workdir` (for
+    benchmarks and tests); `dataset` for the one `config.data` describes.
+    """
     config = copy.deepcopy(config)  # filled-in fields stay local
     dataset = dataset if dataset is not None else data.load_dataset(config.data)
     _resolved_data_config(config, dataset)
     mesh = make_mesh(config.get("num_devices"))
     _check_batch("batch_size", config.batch_size, mesh)
-    eval_batch = config.get("eval_batch_size") or config.batch_size
-    _check_batch("eval_batch_size", eval_batch, mesh)
+    _check_batch("eval_batch_size", config.get("eval_batch_size") or config.batch_size, mesh)
     image_shape = dataset.train.images.shape[1:]
 
-    teacher = teacher_variables = teacher_sown = None
-    if config.get("teacher") and config.teacher.get("workdir"):
-        teacher, teacher_variables = load_teacher(config.teacher, dataset.num_classes, image_shape)
+    teacher = teacher_sown = None
+    if config.get("teacher") and config.teacher.get("model"):
+        if teacher_variables is None:
+            teacher, teacher_variables = load_teacher(config.teacher, dataset.num_classes,
+                                                      image_shape)
+        else:
+            teacher = build_model(config.teacher.model, dataset.num_classes)
         teacher_sown = _abstract_layers(teacher, teacher_variables, image_shape)
     terms = methods.build_terms(config.get("distill"))
 
@@ -296,10 +309,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     student_sown = _abstract_layers(student, student_vars, image_shape)
     methods.check_layers(terms, list(student_sown),
                          None if teacher_sown is None else list(teacher_sown))
-    zeros = lambda layers: {k: jnp.zeros(v.shape, v.dtype) for k, v in layers.items()}
+
+    def zeros(layers):
+        return {k: jnp.zeros(v.shape, v.dtype) for k, v in layers.items()}
+
+    head_key = jax.random.fold_in(root, 1)
     head_params = {
-        term.name: term.module.init(jax.random.fold_in(jax.random.fold_in(root, 1), i),
-                                    zeros(student_sown), zeros(teacher_sown or {})).get("params", {})
+        term.name: term.module.init(jax.random.fold_in(head_key, i), zeros(student_sown),
+                                    zeros(teacher_sown or {})).get("params", {})
         for i, term in enumerate(terms)}
 
     sampler = BatchSampler(len(dataset.train), config.batch_size, config.seed)
@@ -308,6 +325,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
                        batch_stats=student_vars.get("batch_stats", {}),
                        opt_state=tx.init(params), rng=jax.random.fold_in(root, 2))
+    return Run(config, dataset, mesh, student, teacher, teacher_variables, terms, sampler, tx,
+               schedule, state)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop.
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       dataset: data.Dataset | None = None) -> dict[str, Any]:
+    """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the summary."""
+    run = prepare(config, dataset)
+    config, dataset, mesh, sampler = run.config, run.dataset, run.mesh, run.sampler
+    student, teacher, teacher_variables, terms = (run.student, run.teacher,
+                                                  run.teacher_variables, run.terms)
+    state, schedule = run.state, run.schedule
+    eval_batch = config.get("eval_batch_size") or config.batch_size
 
     # Validation passed: from here on the workdir is written.
     os.makedirs(workdir, exist_ok=True)
@@ -332,13 +365,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             batch_sharding)
 
     t0 = time.perf_counter()
-    train_step = make_train_step(student, teacher, terms, tx, mesh, config).lower(
+    train_step = make_train_step(student, teacher, terms, run.tx, mesh, config).lower(
         state, teacher_variables, *batch(0)).compile()
     compile_seconds = time.perf_counter() - t0
     eval_step = make_eval_step(student, mesh, config)
     selection = "validation" if dataset.validation is not None else "test"
 
-    history = []
     for epoch in range(start_epoch + 1, config.num_epochs + 1):
         t0 = time.perf_counter()
         totals = None
@@ -363,7 +395,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                      batch_sharding).items():
                     record[f"{split_name}_{k}"] = v
         writer.write(epoch, record)
-        history.append(record)
         if epoch % config.checkpoint_every_epochs == 0 or epoch == config.num_epochs:
             checkpoints.save(epoch, state, variables,
                              {"accuracy": record[f"{selection}_accuracy"]})
@@ -375,8 +406,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     checkpoints.close()
 
     summary = summarize(workdir, selection)
-    summary.update(compile_seconds=compile_seconds,
-                   student_parameters=int(sum(x.size for x in jax.tree.leaves(params["student"]))))
+    num_params = sum(x.size for x in jax.tree.leaves(run.state.params["student"]))
+    summary.update(compile_seconds=compile_seconds, student_parameters=int(num_params))
     write_atomically(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2))
     return summary
 

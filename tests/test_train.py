@@ -1,0 +1,267 @@
+"""The trainer: one step on many devices, the loop, checkpoints, resume, and bad-input errors."""
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from vid_jax import data, train
+from vid_jax.checkpoints import load_variables
+from vid_jax.config_base import base_config
+from vid_jax.metric_writer import read_metrics
+from vid_jax.models import build_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_dataset(per_class: int = 12, num_classes: int = 4, size: int = 8, seed: int = 0,
+                 unlabelled_fraction: float = 0.0) -> data.Dataset:
+    """Images whose class is a bright square in one of four places, plus noise."""
+    rng = np.random.default_rng(seed)
+
+    def split(n):
+        labels = np.repeat(np.arange(num_classes), n)
+        images = rng.integers(0, 60, (len(labels), size, size, 3))
+        for i, c in enumerate(labels):
+            r, q = divmod(int(c), 2)
+            images[i, r * size // 2:(r + 1) * size // 2, q * size // 2:(q + 1) * size // 2] += 150
+        labelled = rng.random(len(labels)) >= unlabelled_fraction
+        return data.Split(images.astype(np.uint8), labels.astype(np.int32), labelled)
+
+    return data.Dataset(train=split(per_class), test=split(per_class // 2),
+                        num_classes=num_classes)
+
+
+def tiny_config(**changes):
+    config = base_config()
+    config.data.mean, config.data.std = (0.3, 0.3, 0.3), (0.3, 0.3, 0.3)
+    config.augment.crop_padding = 1
+    config.model.update(depth=10, width=1)
+    config.num_epochs = 3
+    config.batch_size = 8
+    config.eval_batch_size = 8
+    config.optimizer.update(learning_rate=0.05, schedule="cosine")
+    config.progress_bar = False
+    config.log_epochs = False
+    for key, value in changes.items():
+        *path, last = key.split(".")
+        node = config
+        for p in path:
+            node = node[p]
+        node[last] = value
+    return config
+
+
+def distill_config(teacher_workdir=None, **changes):
+    config = tiny_config(**changes)
+    config.teacher.model = dict(name="wrn", depth=10, width=2)
+    config.teacher.workdir = teacher_workdir
+    config.distill.vid_i = dict(weight=1.0, layers=("group1", "group2", "group3"))
+    config.distill.kd = dict(weight=0.5, temperature=4.0)
+    return config
+
+
+# ---------------------------------------------------------------------------------------------
+
+def test_batch_sampler_is_a_pure_function_of_seed_and_step():
+    sampler = train.BatchSampler(num_examples=10, batch_size=4, seed=3)
+    batches = [sampler.indices(step) for step in range(5)]
+    assert all(b.shape == (4,) for b in batches)
+    stream = np.concatenate(batches)
+    # Each epoch is a permutation; batches run on across the epoch's end.
+    assert sorted(stream[:10]) == list(range(10)) and sorted(stream[10:20]) == list(range(10))
+    again = train.BatchSampler(10, 4, seed=3)
+    assert np.array_equal(again.indices(3), batches[3])  # no hidden state: a resume sees these
+    assert not np.array_equal(train.BatchSampler(10, 4, seed=4).indices(0), batches[0])
+    assert sampler.steps_per_epoch == 2
+
+
+def _teacher_variables(dataset):
+    teacher = build_model(dict(name="wrn", depth=10, width=2), dataset.num_classes)
+    return teacher.init(jax.random.key(7), dataset.train.images[:1] / 255.0, train=False)
+
+
+def _steps(num_devices, dataset, num_steps=3):
+    config = distill_config(num_devices=num_devices)
+    teacher_variables = _teacher_variables(dataset)
+    run = train.prepare(config, dataset, teacher_variables=teacher_variables)
+    step = train.make_train_step(run.student, run.teacher, run.terms, run.tx, run.mesh,
+                                 run.config)
+    state = jax.device_put(run.state, NamedSharding(run.mesh, P()))
+    history, initial = [], jax.device_get(state)
+    for i in range(num_steps):
+        idx = run.sampler.indices(i)
+        batch = jax.device_put((dataset.train.images[idx], dataset.train.labels[idx],
+                                dataset.train.labelled[idx]), NamedSharding(run.mesh, P("data")))
+        state, metrics = step(state, teacher_variables, *batch)
+        history.append(jax.device_get(metrics))
+    return jax.device_get(state), history, initial
+
+
+def test_four_devices_give_the_results_of_one():
+    assert jax.device_count() == 4, "tests/conftest.py simulates four CPU devices"
+    dataset = tiny_dataset(unlabelled_fraction=0.4)
+    one_state, one_metrics, initial = _steps(1, dataset)
+    four_state, four_metrics, _ = _steps(4, dataset)
+    # Batch-norm statistics, task loss over the labelled images only, distillation terms and
+    # the update: all of the whole batch, however it is split.
+    assert set(one_metrics[0]) == {"loss", "task_loss", "vid_i_loss", "kd_loss",
+                                   "train_correct", "train_labelled"}
+    for a, b in zip(one_metrics, four_metrics):
+        for key in a:
+            np.testing.assert_allclose(a[key], b[key], rtol=2e-5, atol=1e-6, err_msg=key)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+                 (one_state.params, one_state.batch_stats),
+                 (four_state.params, four_state.batch_stats))
+    assert int(four_state.step) == 3
+    # The heads moved too: one optimizer updates student and heads together.
+    alpha = lambda state: state.params["heads"]["vid_i"]["vid_group1"]["alpha"]
+    assert not np.allclose(alpha(one_state), alpha(initial))
+
+
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory):
+    """A tiny teacher trained once for the tests below; returns its workdir and summary."""
+    workdir = str(tmp_path_factory.mktemp("runs") / "teacher")
+    config = tiny_config(**{"model.width": 2, "num_epochs": 4})
+    summary = train.train_and_evaluate(config, workdir, dataset=tiny_dataset())
+    return workdir, summary
+
+
+def test_a_run_writes_metrics_checkpoints_and_summary(teacher_run):
+    workdir, summary = teacher_run
+    lines = read_metrics(os.path.join(workdir, "metrics.jsonl"))
+    assert [line["epoch"] for line in lines] == [1, 2, 3, 4]
+    assert {"loss", "task_loss", "train_accuracy", "test_accuracy", "test_loss",
+            "learning_rate", "images_per_sec"} <= set(lines[0])
+    assert lines[-1]["loss"] < lines[0]["loss"]
+    assert lines[-1]["learning_rate"] < lines[0]["learning_rate"]  # the cosine schedule
+    assert os.listdir(os.path.join(workdir, "tensorboard"))
+    with open(os.path.join(workdir, "summary.json")) as f:
+        assert json.load(f) == summary
+    assert summary["final_test_accuracy"] == lines[-1]["test_accuracy"]
+    assert summary["best_test_accuracy"] == max(line["test_accuracy"] for line in lines)
+    assert summary["best_test_accuracy"] > 0.5  # four classes: chance is 0.25
+    best = load_variables(workdir)
+    assert set(best) == {"params", "batch_stats"}
+
+
+def test_distillation_with_unlabelled_images_reads_the_teacher(teacher_run, tmp_path):
+    teacher_workdir, _ = teacher_run
+    config = distill_config(teacher_workdir, num_epochs=3)
+    config.teacher.model.width = 2
+    summary = train.train_and_evaluate(config, str(tmp_path / "vid"),
+                                       dataset=tiny_dataset(unlabelled_fraction=0.5))
+    lines = read_metrics(str(tmp_path / "vid" / "metrics.jsonl"))
+    assert lines[-1]["vid_i_loss"] < lines[0]["vid_i_loss"]
+    assert lines[-1]["kd_loss"] > 0 and summary["epochs"] == 3
+
+
+def test_rerunning_a_finished_run_trains_nothing(teacher_run):
+    workdir, summary = teacher_run
+    before = os.path.getmtime(os.path.join(workdir, "metrics.jsonl"))
+    config = tiny_config(**{"model.width": 2, "num_epochs": 4})
+    again = train.train_and_evaluate(config, workdir, dataset=tiny_dataset())
+    assert again["final_test_accuracy"] == summary["final_test_accuracy"]
+    assert read_metrics(os.path.join(workdir, "metrics.jsonl"))[-1]["epoch"] == 4
+    assert os.path.getmtime(os.path.join(workdir, "metrics.jsonl")) >= before
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: one clear error, raised before the workdir is written.
+
+def test_missing_teacher_checkpoint(tmp_path):
+    workdir = tmp_path / "run"
+    with pytest.raises(FileNotFoundError, match="No checkpoint at .*nowhere.*train that model "
+                                                "first"):
+        train.train_and_evaluate(distill_config(str(tmp_path / "nowhere")), str(workdir),
+                                 dataset=tiny_dataset())
+    assert not workdir.exists()
+
+
+def test_teacher_checkpoint_of_another_model(teacher_run, tmp_path):
+    config = distill_config(teacher_run[0])
+    config.teacher.model.width = 4  # the teacher was WRN-10-2
+    with pytest.raises(ValueError, match="does not fit config.teacher.model"):
+        train.train_and_evaluate(config, str(tmp_path / "run"), dataset=tiny_dataset())
+    assert not (tmp_path / "run").exists()
+
+
+def test_layer_that_is_not_sown(teacher_run, tmp_path):
+    config = distill_config(teacher_run[0])
+    config.teacher.model.width = 2
+    config.distill.vid_i.layers = ("group1", "group4")
+    with pytest.raises(ValueError, match=r"\['group4'\].*it sows: features, group1, group2, group3, "
+                                         r"logits"):
+        train.train_and_evaluate(config, str(tmp_path / "run"), dataset=tiny_dataset())
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_method(tmp_path):
+    config = tiny_config()
+    config.distill.vid = dict(weight=1.0)
+    with pytest.raises(ValueError, match="Unknown distillation method 'vid'"):
+        train.train_and_evaluate(config, str(tmp_path / "run"), dataset=tiny_dataset())
+    assert not (tmp_path / "run").exists()
+
+
+def test_batch_not_divisible_by_devices(tmp_path):
+    with pytest.raises(ValueError, match="batch_size=6 is not divisible by the 4 devices"):
+        train.train_and_evaluate(tiny_config(batch_size=6), str(tmp_path / "run"),
+                                 dataset=tiny_dataset())
+
+
+# ---------------------------------------------------------------------------------------------
+# SIGKILL and resume.
+
+RUN_SCRIPT = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    from test_train import tiny_config, tiny_dataset
+    from vid_jax import train
+    config = tiny_config(num_epochs={epochs})
+    config.distill.vid_i = dict(weight=1.0)
+    config.teacher.model = dict(name="wrn", depth=10, width=2)
+    config.teacher.workdir = {teacher!r}
+    train.train_and_evaluate(config, sys.argv[1], dataset=tiny_dataset(per_class=16))
+""")
+
+
+def test_a_killed_run_resumes_to_the_state_of_an_uninterrupted_one(teacher_run, tmp_path):
+    epochs = 6
+    script = tmp_path / "run.py"
+    script.write_text(RUN_SCRIPT.format(tests=os.path.join(ROOT, "tests"), epochs=epochs,
+                                        teacher=teacher_run[0]))
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+
+    process = subprocess.Popen([sys.executable, str(script), str(killed)], env=env)
+    deadline = time.time() + 300
+    while not (killed / "checkpoints" / "2").exists():
+        assert process.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "summary.json").exists()
+    subprocess.run([sys.executable, str(script), str(killed)], env=env, check=True)
+    subprocess.run([sys.executable, str(script), str(whole)], env=env, check=True)
+
+    resumed, uninterrupted = (load_variables(str(d), "checkpoints") for d in (killed, whole))
+    assert int(resumed["step"]) == int(uninterrupted["step"]) == epochs * 8
+    jax.tree.map(np.testing.assert_array_equal, resumed, uninterrupted)
+    drop_timing = lambda lines: [{k: v for k, v in line.items() if k != "images_per_sec"}
+                                 for line in lines]
+    assert drop_timing(read_metrics(str(killed / "metrics.jsonl"))) == drop_timing(
+        read_metrics(str(whole / "metrics.jsonl")))
