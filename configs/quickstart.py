@@ -24,8 +24,8 @@ def digits_run(depth: int, width: int, images_per_class: int | None,
     config.augment.flip = False      # a mirrored digit is another digit
     config.model.update(depth=depth, width=width)
     config.num_epochs = num_epochs
-    config.batch_size = 64
-    config.eval_batch_size = 600
+    config.batch_size = 32
+    config.eval_batch_size = 540  # the whole test split (30% of 1,797) in one batch
     config.optimizer.update(learning_rate=0.05, schedule="cosine")
     config.checkpoint_every_epochs = 10
     config.progress_bar = False
@@ -35,11 +35,13 @@ def digits_run(depth: int, width: int, images_per_class: int | None,
 
 def get_config() -> ml_collections.ConfigDict:
     teacher = digits_run(depth=16, width=2, images_per_class=None, num_epochs=15)
-    student = digits_run(depth=10, width=1, images_per_class=IMAGES_PER_CLASS, num_epochs=60)
+    student = digits_run(depth=10, width=1, images_per_class=IMAGES_PER_CLASS, num_epochs=80)
     vid = copy.deepcopy(student)
     vid.teacher.model = teacher.model
     vid.teacher.workdir = "{workdir}/teacher"
-    vid.distill.vid_i = dict(weight=1.0, layers=("group1", "group2", "group3"))
+    # The VID term is a mean over every element of three maps, small beside the cross-entropy;
+    # on 100 training images a weight of 16 did best of 1, 4, 8, 16, 32 (seed 0).
+    vid.distill.vid_i = dict(weight=16.0, layers=("group1", "group2", "group3"))
 
     config = ml_collections.ConfigDict()
     config.jobs = dict(teacher=teacher, student=student, student_vid_i=vid)

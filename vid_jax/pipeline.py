@@ -30,6 +30,8 @@ def run_jobs(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict[
                 job.teacher.workdir = job.teacher.workdir.format(workdir=workdir)
         print(f"[{name}] training in {job_dir}", flush=True)
         summaries[name] = train_and_evaluate(job, job_dir)
+        print(f"[{name}] {summaries[name]['epochs']} epochs, final test accuracy "
+              f"{100 * summaries[name]['final_test_accuracy']:.2f}%", flush=True)
     return summaries
 
 
