@@ -40,13 +40,20 @@ class Checkpoints:
         self.best.close()
 
 
-def load_variables(workdir: str, which: str = "best") -> dict[str, Any]:
-    """Loads the model variables {params, batch_stats} a run saved (its best epoch by default)."""
+def checkpoint_directory(workdir: str, which: str = "best") -> str:
+    """`workdir/which`, or a FileNotFoundError that says how to make it."""
     directory = os.path.join(os.path.abspath(workdir), which)
     if not os.path.isdir(directory):
         raise FileNotFoundError(
             f"No checkpoint at {directory}: train that model first (python launch.py "
             f"--config=<its config> --workdir={workdir}), or fix config.teacher.workdir.")
+    return directory
+
+
+def load_variables(workdir: str, which: str = "best") -> dict[str, Any]:
+    """Loads the model variables {params, batch_stats} a run saved (its best epoch by default);
+    `which="checkpoints"` loads the whole train state of the latest epoch instead."""
+    directory = checkpoint_directory(workdir, which)
     with ocp.CheckpointManager(directory) as manager:
         epoch = manager.best_step() if which == "best" else manager.latest_step()
         if epoch is None:

@@ -1,33 +1,35 @@
 """The fields every run config has, with their defaults; `configs/*.py` start from here."""
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 
 def base_config() -> ml_collections.ConfigDict:
+    # Fields that default to None are typed placeholders, so `--config.a.b=v` can set them.
     config = ml_collections.ConfigDict()
     config.seed = 0
 
     config.data = ml_collections.ConfigDict(dict(
-        source="tfds",            # tfds | image_folder | digits
-        name="cifar10",           # tfds name
-        data_dir=None,            # tfds data_dir
-        download=True,            # tfds may download when it has network
-        path=None,                # image_folder root: path/{train,test}/<class>/*.jpg
-        image_size=None,          # image_folder resize, None keeps the files' size
+        source="tfds",                      # tfds | image_folder | digits
+        name="cifar10",                     # tfds name
+        data_dir=placeholder(str),          # tfds data_dir
+        download=True,                      # tfds may download when it has network
+        path=placeholder(str),              # image_folder root: path/{train,test}/<class>/*.jpg
+        image_size=placeholder(int),        # image_folder resize; None keeps the files' size
         train_split="train",
         test_split="test",
-        test_fraction=0.3,        # digits only: its held-out share
-        images_per_class=None,    # M of Table 1a; None = all
-        labels_per_class=None,    # N_l of Table 1b; None = all labelled
-        validation_fraction=0.0,  # per-class hold-out (the paper used 0.2)
+        test_fraction=0.3,                  # digits only: its held-out share
+        images_per_class=placeholder(int),  # M of Table 1a; None = all
+        labels_per_class=placeholder(int),  # N_l of Table 1b; None = all labelled
+        validation_fraction=0.0,            # per-class hold-out (the paper used 0.2)
         subset_seed=0,
-        mean=None,                # None: computed from the training images
-        std=None,
+        mean=placeholder(tuple),            # None: computed from the training images
+        std=placeholder(tuple),
     ))
     config.augment = ml_collections.ConfigDict(dict(crop_padding=4, flip=True))
 
     config.model = ml_collections.ConfigDict(dict(name="wrn", depth=16, width=1))
     # A distillation run sets teacher.model and teacher.workdir (the teacher's own run).
-    config.teacher = ml_collections.ConfigDict(dict(model=None, workdir=None))
+    config.teacher = ml_collections.ConfigDict(dict(model=None, workdir=placeholder(str)))
     # Terms of the distillation loss: name -> {weight, method (default: name), **arguments}.
     config.distill = ml_collections.ConfigDict()
     config.task_loss_weight = 1.0
@@ -35,7 +37,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.num_epochs = 200
     config.batch_size = 128
     config.eval_batch_size = 500
-    config.num_devices = None     # None: all devices JAX sees
+    config.num_devices = placeholder(int)  # None: all devices JAX sees
     config.optimizer = ml_collections.ConfigDict(dict(
         name="sgd", learning_rate=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4,
         schedule="piecewise", boundaries_epochs=(60, 120, 160), decay_factor=0.2))

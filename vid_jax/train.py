@@ -256,8 +256,8 @@ def _resolved_data_config(config, dataset: data.Dataset) -> None:
     with config.unlocked():
         if config.data.get("mean") is None or config.data.get("std") is None:
             pixels = dataset.train.images.reshape(-1, dataset.train.images.shape[-1]) / 255.0
-            config.data.mean = [float(v) for v in pixels.mean(0)]
-            config.data.std = [float(v) for v in pixels.std(0)]
+            config.data.mean = tuple(float(v) for v in pixels.mean(0))
+            config.data.std = tuple(float(v) for v in pixels.std(0))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -285,6 +285,7 @@ def prepare(config: ml_collections.ConfigDict, dataset: data.Dataset | None = No
     benchmarks and tests); `dataset` for the one `config.data` describes.
     """
     config = copy.deepcopy(config)  # filled-in fields stay local
+    distills = bool(config.get("teacher") and config.teacher.get("model"))
     dataset = dataset if dataset is not None else data.load_dataset(config.data)
     _resolved_data_config(config, dataset)
     mesh = make_mesh(config.get("num_devices"))
@@ -293,7 +294,7 @@ def prepare(config: ml_collections.ConfigDict, dataset: data.Dataset | None = No
     image_shape = dataset.train.images.shape[1:]
 
     teacher = teacher_sown = None
-    if config.get("teacher") and config.teacher.get("model"):
+    if distills:
         if teacher_variables is None:
             teacher, teacher_variables = load_teacher(config.teacher, dataset.num_classes,
                                                       image_shape)

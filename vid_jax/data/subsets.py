@@ -30,7 +30,9 @@ def _check_per_class(labels: np.ndarray, name: str, count: int) -> None:
     classes, counts = np.unique(labels, return_counts=True)
     short = [f"class {c} has only {n}" for c, n in zip(classes, counts, strict=True) if n < count]
     if short:
-        raise ValueError(f"{name}={count} but {', '.join(short)} training images; "
+        listed = ", ".join(short[:3]) + (f" (and {len(short) - 3} more classes)"
+                                         if len(short) > 3 else "")
+        raise ValueError(f"{name}={count} but {listed} training images; "
                          f"use at most {counts.min()}.")
 
 
