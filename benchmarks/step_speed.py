@@ -1,0 +1,246 @@
+"""Train-step speed of the library's own step (`vid_jax.train.make_train_step`) on this backend.
+
+For each batch size it times three steps on random uint8 CIFAR-shaped images (32x32x3, 10
+classes), with the models, optimizer and augmentation of the CIFAR-10 configs of Table 1a:
+
+  teacher  WRN-40-2 trained alone (configs/cifar10_wrn40_2.py)
+  student  WRN-16-1 trained alone (configs/cifar10_wrn16_1.py:student)
+  vid_i    WRN-16-1 with VID-I on group1-3 of a frozen WRN-40-2 (configs/cifar10_wrn16_1.py:vid_i);
+           the teacher's variables are randomly initialised, which costs the same as trained ones
+
+and reports the compile time (`.lower(...).compile()`) and the steady-state speed: the median
+and mean of the timed steps (each blocked on until ready), images/s = batch / step time.
+Data loading is not timed: every step gets the same batch, already on the devices.
+
+  .venv/bin/python benchmarks/step_speed.py --out=benchmarks/results/step_speed_$(uname -m)_cpu.json
+  .venv/bin/python benchmarks/step_speed.py --batch_sizes=128 --steps=20 --measure=vid_i
+"""
+import datetime
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow is only TFDS's reader here
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+from jax.sharding import NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
+
+from vid_jax import augment, data, train  # noqa: E402
+from vid_jax.models import build_model  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+IMAGE_SHAPE = (32, 32, 3)
+NUM_CLASSES = 10
+KINDS = ("teacher", "student", "vid_i")
+
+_OUT = flags.DEFINE_string(
+    "out", None, "Where the JSON results go (default: benchmarks/results/"
+    "step_speed_<machine>_<backend>.json). Its directory is created if needed.")
+_BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["64", "128"], "Global batch sizes to time.")
+_STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per (step, batch size).")
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compiling, before timing.")
+_NUM_DEVICES = flags.DEFINE_integer("num_devices", None, "Devices in the mesh (default: all).")
+_MEASURE = flags.DEFINE_list("measure", list(KINDS), f"Which steps to time, of {KINDS}.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the random images and initial variables.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Configs: the repository's own, so the step is the one a real run compiles.
+
+def _load_config(filename: str, *args):
+    path = os.path.join(ROOT, "configs", filename)
+    spec = importlib.util.spec_from_file_location(f"_benchmark_{filename[:-3]}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(*args)
+
+
+def make_config(kind: str, batch_size: int, num_devices: int | None):
+    if kind == "teacher":
+        config = _load_config("cifar10_wrn40_2.py")
+    else:
+        config = _load_config("cifar10_wrn16_1.py", "student" if kind == "student" else "vid_i")
+    config.batch_size = batch_size
+    config.num_devices = num_devices
+    config.progress_bar = False
+    return config
+
+
+def model_name(model_config) -> str:
+    return f"WRN-{model_config.depth}-{model_config.width}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Set-up, as train.train_and_evaluate does it (from a checkpoint-free start).
+
+_TEACHERS = {}  # (model, seed) -> (module, variables): calibrated once, used at every batch size
+
+
+def init_teacher(config, seed: int, calibration_passes: int = 30):
+    """The frozen teacher with random variables, in the shape `train.load_teacher` returns.
+
+    Its batch-norm running statistics are calibrated on random images (train-mode passes), as
+    training would leave them: with the initial ones (mean 0, variance 1) a random WRN-40-2's
+    group3 activations have a std of ~40 in eval mode, and VID-I's loss overflows to NaN within
+    a dozen steps at lr 0.1. The values do not change the step's cost, only its numbers.
+    """
+    if not (config.get("teacher") and config.teacher.get("model")):
+        return None, None
+    key = (config.teacher.model.to_json(), seed)
+    if key in _TEACHERS:
+        return _TEACHERS[key]
+    teacher = build_model(config.teacher.model, NUM_CLASSES)
+    variables = teacher.init(jax.random.key(seed), jnp.zeros((1, *IMAGE_SHAPE)), train=False)
+    variables = {k: variables[k] for k in ("params", "batch_stats") if k in variables}
+    images = np.random.default_rng(seed).integers(0, 256, (16, *IMAGE_SHAPE), dtype=np.uint8)
+    x = augment.normalize(jnp.asarray(images), tuple(config.data.mean), tuple(config.data.std))
+
+    @jax.jit
+    def calibrate(variables):
+        def one(_, batch_stats):
+            _, new = teacher.apply({**variables, "batch_stats": batch_stats}, x, train=True,
+                                   mutable=["batch_stats"])
+            return new["batch_stats"]
+        return {**variables, "batch_stats": jax.lax.fori_loop(
+            0, calibration_passes, one, variables["batch_stats"])}
+
+    _TEACHERS[key] = teacher, jax.block_until_ready(calibrate(variables))
+    return _TEACHERS[key]
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing.
+
+def measure(kind: str, batch_size: int, steps: int, warmup: int, num_devices: int | None,
+            seed: int) -> dict:
+    config = make_config(kind, batch_size, num_devices)
+    teacher, teacher_variables = init_teacher(config, seed + 1)
+    rng = np.random.default_rng([seed, batch_size])
+    images = rng.integers(0, 256, (batch_size, *IMAGE_SHAPE), dtype=np.uint8)
+    labels = rng.integers(0, NUM_CLASSES, (batch_size,)).astype(np.int32)
+    split = data.Split.from_arrays(images, labels)
+    run = train.prepare(config, data.Dataset(split, split, NUM_CLASSES),
+                        teacher_variables=teacher_variables)
+    mesh = run.mesh
+
+    replicated = NamedSharding(mesh, P())
+    state = jax.device_put(run.state, replicated)
+    teacher_variables = jax.device_put(teacher_variables, replicated)
+    batch = jax.device_put((split.images, split.labels, split.labelled),
+                           NamedSharding(mesh, P(train.AXIS)))
+    jax.block_until_ready((state, teacher_variables, batch))
+
+    t0 = time.perf_counter()
+    step = train.make_train_step(run.student, run.teacher, run.terms, run.tx, mesh, run.config)
+    step_fn = step.lower(state, teacher_variables, *batch).compile()
+    compile_seconds = time.perf_counter() - t0
+
+    times = []
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        state, metrics = step_fn(state, teacher_variables, *batch)
+        jax.block_until_ready((state, metrics))
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    loss = float(metrics["loss"])
+    if not np.isfinite(loss):
+        raise FloatingPointError(f"{kind} at batch {batch_size}: the loss is {loss}.")
+
+    median, mean = statistics.median(times), statistics.fmean(times)
+    model = model_name(config.model)
+    if teacher is not None:
+        model += f" <- {model_name(config.teacher.model)}"
+    return {"step": kind, "model": model, "batch_size": batch_size,
+            "distill": {t.name: t.weight for t in run.terms},
+            "compile_seconds": round(compile_seconds, 3),
+            "median_step_seconds": round(median, 5), "mean_step_seconds": round(mean, 5),
+            "min_step_seconds": round(min(times), 5),
+            "images_per_sec": round(batch_size / median, 2),
+            "images_per_sec_mean": round(batch_size / mean, 2),
+            "steps": steps, "warmup": warmup, "final_loss": round(loss, 5)}
+
+
+def markdown_table(results: list[dict]) -> str:
+    lines = ["| step | model | batch | compile (s) | median step (s) | images/s "
+             "| images/s (mean) |", "|---|---|---:|---:|---:|---:|---:|"]
+    for r in results:
+        lines.append(f"| {r['step']} | {r['model']} | {r['batch_size']} | "
+                     f"{r['compile_seconds']:.1f} | {r['median_step_seconds']:.3f} | "
+                     f"{r['images_per_sec']:.1f} | {r['images_per_sec_mean']:.1f} |")
+    return "\n".join(lines)
+
+
+def write_json_atomically(path: str, payload: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def main(argv):
+    del argv
+    unknown = [k for k in _MEASURE.value if k not in KINDS]
+    if unknown:
+        raise app.UsageError(f"--measure: unknown {unknown}; choose from {', '.join(KINDS)}.")
+    if _STEPS.value < 1 or _WARMUP.value < 0:
+        raise app.UsageError("--steps must be at least 1 and --warmup at least 0.")
+    batch_sizes = [int(b) for b in _BATCH_SIZES.value]
+    mesh_size = train.make_mesh(_NUM_DEVICES.value).size
+    bad = [b for b in batch_sizes if b <= 0 or b % mesh_size]
+    if bad:
+        raise app.UsageError(f"--batch_sizes {bad}: each must be a positive multiple of the "
+                             f"{mesh_size} devices.")
+    out = _OUT.value or os.path.join(
+        ROOT, "benchmarks", "results",
+        f"step_speed_{platform.machine()}_{jax.default_backend()}.json")
+
+    started, load_before = time.perf_counter(), os.getloadavg()
+    results = []
+    for batch_size in batch_sizes:
+        for kind in _MEASURE.value:
+            r = measure(kind, batch_size, _STEPS.value, _WARMUP.value, _NUM_DEVICES.value,
+                        _SEED.value)
+            results.append(r)
+            print(f"{kind:8s} {r['model']:22s} batch {batch_size:4d}: compile "
+                  f"{r['compile_seconds']:6.1f} s, median step {r['median_step_seconds']:.3f} s, "
+                  f"{r['images_per_sec']:8.1f} images/s", flush=True)
+
+    payload = {
+        "backend": jax.default_backend(),
+        "devices": mesh_size,
+        "devices_available": jax.device_count(),
+        "device_kind": jax.devices()[0].device_kind,
+        "jax_version": jax.__version__,
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        # Other work on the machine slows every step. "before" is others' load when the run
+        # began (above ~0.5 on this 2-core CPU: the figures are low); "after" includes ours.
+        "load_average_1_5_15_min": {"before": [round(v, 2) for v in load_before],
+                                    "after": [round(v, 2) for v in os.getloadavg()]},
+        "results": results,
+    }
+    write_json_atomically(out, payload)
+    print()
+    print(f"{payload['backend']} x{mesh_size} ({payload['device_kind']}), jax "
+          f"{payload['jax_version']}, {payload['cpu_count']} CPUs, {payload['date']}")
+    print(markdown_table(results))
+    print(f"\nWrote {out} ({payload['wall_seconds']:.0f} s).")
+
+
+if __name__ == "__main__":
+    app.run(main)
