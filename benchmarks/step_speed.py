@@ -134,12 +134,14 @@ def measure(kind: str, batch_size: int, steps: int, warmup: int, num_devices: in
     replicated = NamedSharding(mesh, P())
     state = jax.device_put(run.state, replicated)
     teacher_variables = jax.device_put(teacher_variables, replicated)
-    batch = jax.device_put((split.images, split.labels, split.labelled),
+    batch = jax.device_put((split.images, split.labels, split.labelled,
+                            np.arange(batch_size, dtype=np.int32)),
                            NamedSharding(mesh, P(train.AXIS)))
     jax.block_until_ready((state, teacher_variables, batch))
 
     t0 = time.perf_counter()
-    step = train.make_train_step(run.student, run.teacher, run.terms, run.tx, mesh, run.config)
+    step = train.make_train_step(run.student, run.teacher, run.terms, run.tx, mesh, run.config,
+                                 len(split), NUM_CLASSES)
     step_fn = step.lower(state, teacher_variables, *batch).compile()
     compile_seconds = time.perf_counter() - t0
 

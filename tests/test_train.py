@@ -95,13 +95,14 @@ def _steps(num_devices, dataset, num_steps=3):
     teacher_variables = _teacher_variables(dataset)
     run = train.prepare(config, dataset, teacher_variables=teacher_variables)
     step = train.make_train_step(run.student, run.teacher, run.terms, run.tx, run.mesh,
-                                 run.config)
+                                 run.config, len(dataset.train), dataset.num_classes)
     state = jax.device_put(run.state, NamedSharding(run.mesh, P()))
     history, initial = [], jax.device_get(state)
     for i in range(num_steps):
         idx = run.sampler.indices(i)
         batch = jax.device_put((dataset.train.images[idx], dataset.train.labels[idx],
-                                dataset.train.labelled[idx]), NamedSharding(run.mesh, P("data")))
+                                dataset.train.labelled[idx], idx.astype(np.int32)),
+                               NamedSharding(run.mesh, P("data")))
         state, metrics = step(state, teacher_variables, *batch)
         history.append(jax.device_get(metrics))
     return jax.device_get(state), history, initial
@@ -126,6 +127,37 @@ def test_four_devices_give_the_results_of_one():
     # The heads moved too: one optimizer updates student and heads together.
     alpha = lambda state: state.params["heads"]["vid_i"]["vid_group1"]["alpha"]
     assert not np.allclose(alpha(one_state), alpha(initial))
+
+
+def test_parameter_labels_freeze_what_a_stage_does_not_train():
+    params = {"student": {"conv": {"kernel": 0}},
+              "heads": {"ft": {"paraphraser": {"w": 0}, "translator": {"w": 0}}}}
+    main = train.parameter_labels(params, frozen=("paraphraser",))
+    assert main == {"student": {"conv": {"kernel": "student"}},
+                    "heads": {"ft": {"paraphraser": {"w": "frozen"},
+                                     "translator": {"w": "heads"}}}}
+    stage = train.methods.Stage("ft_paraphraser", trains=("heads:paraphraser",), epochs=1)
+    assert train.parameter_labels(params, stage) == {
+        "student": {"conv": {"kernel": "frozen"}},
+        "heads": {"ft": {"paraphraser": {"w": "heads"}, "translator": {"w": "frozen"}}}}
+
+
+def test_a_stage_runs_first_in_its_own_workdir_and_hands_its_weights_on(tmp_path):
+    config = distill_config(None, num_epochs=2)
+    config.distill = {"fitnet": dict(layers=("group2",))}
+    config.stage_epochs = {"fitnet_hint": 2}
+    # The hint stage trains on the hint loss alone: no task loss.
+    dataset = tiny_dataset()
+    run = train.prepare(config, dataset, teacher_variables=_teacher_variables(dataset))
+    stage_state, stage_summary = train.train_stage(run, run.state, str(tmp_path / "hint"),
+                                                   run.stages[0])
+    lines = read_metrics(str(tmp_path / "hint" / "metrics.jsonl"))
+    assert [line["task_loss"] > 0 for line in lines] == [True, True]  # reported, not trained
+    assert lines[-1]["loss"] == pytest.approx(lines[-1]["fitnet_loss"], rel=1e-5)
+    state, _, _ = run.start_stage(None, stage_state)
+    assert int(state.step) == 0
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params),
+                 jax.device_get(stage_state.params))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -33,6 +33,8 @@ def base_config() -> ml_collections.ConfigDict:
     # Terms of the distillation loss: name -> {weight, method (default: name), **arguments}.
     config.distill = ml_collections.ConfigDict()
     config.task_loss_weight = 1.0
+    # Epochs of the stages the terms declare (e.g. fitnet_hint), overriding their defaults.
+    config.stage_epochs = ml_collections.ConfigDict()
 
     config.num_epochs = 200
     config.batch_size = 128

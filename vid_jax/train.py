@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import flax
@@ -37,6 +38,7 @@ class TrainState:
     step: jnp.ndarray
     params: dict[str, Any]  # {"student": ..., "heads": {term name: ...}}
     batch_stats: Any        # the student's
+    head_state: dict[str, Any]  # term name -> its collections other than params (memory banks...)
     opt_state: optax.OptState
     rng: jnp.ndarray
 
@@ -113,35 +115,64 @@ def make_transform(opt: ml_collections.ConfigDict,
     raise ValueError(f"Unknown optimizer {opt.name!r}; use sgd or adamw.")
 
 
-def make_optimizer(config: ml_collections.ConfigDict,
-                   steps_per_epoch: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """Student and heads get their own transforms, through `optax.partition`."""
-    student_schedule = make_schedule(config.optimizer, steps_per_epoch, config.num_epochs)
+def parameter_labels(params: dict[str, Any], stage: methods.Stage | None = None,
+                     frozen: Sequence[str] = ()) -> dict[str, Any]:
+    """"student", "heads" or "frozen" for every parameter.
+
+    In a stage (see `methods.Stage`), what its `trains` does not name is frozen; in the main
+    stage, head parameters under a submodule a method declares `frozen` are.
+    """
+    def label(path, _):
+        group, names = path[0].key, [getattr(k, "key", None) for k in path[1:]]
+        if stage is None:
+            return "frozen" if group == "heads" and set(names) & set(frozen) else group
+        trained = group in stage.trains or (
+            group == "heads" and any(f"heads:{n}" in stage.trains for n in names))
+        return group if trained else "frozen"
+
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
+def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int, num_epochs: int,
+                   stage: methods.Stage | None = None, frozen: Sequence[str] = ()
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """Student and heads get their own transforms, through `optax.partition`; frozen
+    parameters (see `parameter_labels`) get none."""
+    student_schedule = make_schedule(config.optimizer, steps_per_epoch, num_epochs)
     head_opt = config.get("head_optimizer") or config.optimizer
     tx = optax.partition(
         {"student": make_transform(config.optimizer, student_schedule),
-         "heads": make_transform(head_opt, make_schedule(head_opt, steps_per_epoch,
-                                                         config.num_epochs))},
-        lambda params: {group: jax.tree.map(lambda _: group, tree)
-                        for group, tree in params.items()})
+         "heads": make_transform(head_opt, make_schedule(head_opt, steps_per_epoch, num_epochs)),
+         "frozen": optax.set_to_zero()},
+        lambda params: parameter_labels(params, stage, frozen))
     return tx, student_schedule
 
 
 # ---------------------------------------------------------------------------------------------
 # The step.
 
-def make_train_step(student, teacher, terms, tx, mesh, config):
-    """Returns jit(shard_map(step)): (state, teacher_variables, batch) -> (state, metrics)."""
+def make_train_step(student, teacher, terms, tx, mesh, config, num_examples: int,
+                    num_classes: int, stage: methods.Stage | None = None):
+    """Returns jit(shard_map(step)):
+    (state, teacher_variables, images, labels, labelled, indices) -> (state, metrics).
+
+    In a stage before the main one, terms are told its name and the task loss counts only if
+    the stage asks for it.
+    """
     mean, std = tuple(config.data.mean), tuple(config.data.std)
     padding, flip = config.augment.crop_padding, config.augment.flip
-    task_weight = config.task_loss_weight
+    task_weight = config.task_loss_weight if stage is None or stage.task_loss else 0.0
+    stage_name = methods.DISTILL if stage is None else stage.name
 
-    def step(state, teacher_variables, images, labels, labelled):
+    def step(state, teacher_variables, images, labels, labelled, indices):
         local_batch = images.shape[0]
         first = jax.lax.axis_index(AXIS) * local_batch
-        keys = augment.example_keys(jax.random.fold_in(state.rng, state.step),
-                                    first + jnp.arange(local_batch))
+        step_key = jax.random.fold_in(state.rng, state.step)
+        keys = augment.example_keys(step_key, first + jnp.arange(local_batch))
         x = augment.normalize(augment.random_crop_flip(images, keys, padding, flip), mean, std)
+        ctx = methods.Context(images=x, labels=labels, labelled=labelled, indices=indices,
+                              num_examples=num_examples, num_classes=num_classes,
+                              axis_name=AXIS, stage=stage_name, train=True)
 
         teacher_layers = {}
         if teacher is not None:
@@ -160,15 +191,20 @@ def make_train_step(student, teacher, terms, tx, mesh, config):
             student_layers = sown_layers(new_vars["intermediates"])
             cross_entropy = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
             task = jnp.sum(mask * cross_entropy) * num_devices / jnp.maximum(num_labelled, 1.0)
-            values = {term.name: term.module.apply({"params": params["heads"][term.name]},
-                                                   student_layers, teacher_layers)
-                      for term in terms}
+            values, head_state = {}, {}
+            for i, term in enumerate(terms):
+                collections = state.head_state[term.name]
+                values[term.name], head_state[term.name] = term.module.apply(
+                    {"params": params["heads"][term.name], **collections}, student_layers,
+                    teacher_layers, ctx, rngs={"distill": jax.random.fold_in(step_key, i)},
+                    mutable=list(collections))
             total = task_weight * task + sum(term.weight * values[term.name] for term in terms)
             # The mean over devices is the loss of the whole batch; its gradient is the
             # whole batch's gradient on every device.
-            return jax.lax.pmean(total, AXIS), (new_vars["batch_stats"], task, values, logits)
+            return jax.lax.pmean(total, AXIS), (new_vars["batch_stats"], head_state, task,
+                                                values, logits)
 
-        (loss, (batch_stats, task, values, logits)), grads = jax.value_and_grad(
+        (loss, (batch_stats, head_state, task, values, logits)), grads = jax.value_and_grad(
             loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -177,12 +213,21 @@ def make_train_step(student, teacher, terms, tx, mesh, config):
                    **{f"{name}_loss": jax.lax.pmean(v, AXIS) for name, v in values.items()},
                    "train_correct": jax.lax.psum(correct, AXIS), "train_labelled": num_labelled}
         new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                                  head_state=jax.tree.map(_replicated, head_state),
                                   opt_state=opt_state)
         return new_state, metrics
 
-    sharded = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(), P(AXIS), P(AXIS), P(AXIS)),
+    sharded = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(), *[P(AXIS)] * 4),
                             out_specs=(P(), P()))
     return jax.jit(sharded, donate_argnums=(0,))
+
+
+def _replicated(x: jax.Array) -> jax.Array:
+    """A term's state, made the same on every device (a head's batch statistics are averaged;
+    a memory bank its term already gathered over the batch is left as it is)."""
+    if jnp.issubdtype(x.dtype, jnp.floating):
+        return jax.lax.pmean(x, AXIS)
+    return jax.lax.pmax(x, AXIS)
 
 
 def make_eval_step(model, mesh, config):
@@ -271,10 +316,23 @@ class Run:
     teacher: nn.Module | None
     teacher_variables: Any
     terms: list[methods.Term]
+    stages: list[methods.Stage]  # those the terms declare, run before the main stage
     sampler: BatchSampler
-    tx: optax.GradientTransformation
+    tx: optax.GradientTransformation  # the main stage's
     schedule: optax.Schedule
-    state: TrainState  # the initial state, on the host
+    state: TrainState  # the initial state of the main stage, on the host
+
+    def start_stage(self, stage: methods.Stage | None, previous: TrainState
+                    ) -> tuple[TrainState, optax.GradientTransformation, optax.Schedule]:
+        """The state, optimizer and schedule that start `stage` (None: the main stage) from
+        the weights `previous` ended with; each stage has its own optimizer and step count."""
+        epochs = self.config.num_epochs if stage is None else stage.epochs
+        frozen = [name for term in self.terms for name in term.method.frozen]
+        tx, schedule = make_optimizer(self.config, self.sampler.steps_per_epoch, epochs, stage,
+                                      frozen)
+        state = previous.replace(step=jnp.zeros((), jnp.int32),
+                                 opt_state=tx.init(previous.params))
+        return state, tx, schedule
 
 
 def prepare(config: ml_collections.ConfigDict, dataset: data.Dataset | None = None,
@@ -302,6 +360,7 @@ def prepare(config: ml_collections.ConfigDict, dataset: data.Dataset | None = No
             teacher = build_model(config.teacher.model, dataset.num_classes)
         teacher_sown = _abstract_layers(teacher, teacher_variables, image_shape)
     terms = methods.build_terms(config.get("distill"))
+    stages = methods.stages_of(terms, config.get("stage_epochs"))
 
     student = build_model(config.model, dataset.num_classes, bn_axis_name=AXIS)
     root = jax.random.PRNGKey(config.seed)
@@ -314,20 +373,26 @@ def prepare(config: ml_collections.ConfigDict, dataset: data.Dataset | None = No
     def zeros(layers):
         return {k: jnp.zeros(v.shape, v.dtype) for k, v in layers.items()}
 
+    ctx = methods.example_context(jnp.zeros((2, *image_shape)), num_classes=dataset.num_classes,
+                                  num_examples=len(dataset.train), train=False)
     head_key = jax.random.fold_in(root, 1)
-    head_params = {
-        term.name: term.module.init(jax.random.fold_in(head_key, i), zeros(student_sown),
-                                    zeros(teacher_sown or {})).get("params", {})
-        for i, term in enumerate(terms)}
+    head_params, head_state = {}, {}
+    for i, term in enumerate(terms):
+        key = jax.random.fold_in(head_key, i)
+        variables = term.module.init({"params": key, "distill": jax.random.fold_in(key, 1)},
+                                     zeros(student_sown), zeros(teacher_sown or {}), ctx)
+        head_params[term.name] = variables.get("params", {})
+        head_state[term.name] = {k: v for k, v in variables.items() if k != "params"}
 
     sampler = BatchSampler(len(dataset.train), config.batch_size, config.seed)
-    tx, schedule = make_optimizer(config, sampler.steps_per_epoch)
-    params = {"student": student_vars["params"], "heads": head_params}
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                       batch_stats=student_vars.get("batch_stats", {}),
-                       opt_state=tx.init(params), rng=jax.random.fold_in(root, 2))
-    return Run(config, dataset, mesh, student, teacher, teacher_variables, terms, sampler, tx,
-               schedule, state)
+    initial = TrainState(step=jnp.zeros((), jnp.int32),
+                         params={"student": student_vars["params"], "heads": head_params},
+                         batch_stats=student_vars.get("batch_stats", {}), head_state=head_state,
+                         opt_state=(), rng=jax.random.fold_in(root, 2))
+    run = Run(config, dataset, mesh, student, teacher, teacher_variables, terms, stages, sampler,
+              None, None, initial)
+    state, tx, schedule = run.start_stage(None, initial)
+    return dataclasses.replace(run, tx=tx, schedule=schedule, state=state)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,19 +400,38 @@ def prepare(config: ml_collections.ConfigDict, dataset: data.Dataset | None = No
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        dataset: data.Dataset | None = None) -> dict[str, Any]:
-    """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the summary."""
+    """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the summary.
+
+    Stages that the config's terms declare (FitNet's hints, FT's paraphraser...) run first,
+    each in `workdir/stages/<name>` with its own checkpoints; the main stage starts from the
+    weights the last one ended with.
+    """
     run = prepare(config, dataset)
+    state = run.state
+    for stage in run.stages:
+        if stage.epochs > 0:
+            if run.config.get("log_epochs", True):
+                print(f"stage {stage.name}: {stage.description} ({stage.epochs} epochs)")
+            state, _ = train_stage(run, state, os.path.join(workdir, "stages", stage.name),
+                                   stage)
+    _, summary = train_stage(run, state, workdir)
+    return summary
+
+
+def train_stage(run: Run, previous: TrainState, workdir: str,
+                stage: methods.Stage | None = None) -> tuple[TrainState, dict[str, Any]]:
+    """Trains one stage in `workdir` from the weights of `previous`, resuming from the
+    workdir's latest checkpoint; returns the final state and the summary."""
     config, dataset, mesh, sampler = run.config, run.dataset, run.mesh, run.sampler
-    student, teacher, teacher_variables, terms = (run.student, run.teacher,
-                                                  run.teacher_variables, run.terms)
-    state, schedule = run.state, run.schedule
+    num_epochs = config.num_epochs if stage is None else stage.epochs
+    state, tx, schedule = run.start_stage(stage, previous)
     eval_batch = config.get("eval_batch_size") or config.batch_size
 
     # Validation passed: from here on the workdir is written.
     os.makedirs(workdir, exist_ok=True)
     checkpoints = Checkpoints(workdir)
     start_epoch = 0
-    restored = checkpoints.restore_latest(state)
+    restored = checkpoints.restore_latest(jax.device_get(state))
     if restored is not None:
         state, start_epoch = restored
     write_atomically(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
@@ -356,28 +440,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     replicated = NamedSharding(mesh, P())
     batch_sharding = NamedSharding(mesh, P(AXIS))
     state = jax.device_put(state, replicated)
-    teacher_variables = jax.device_put(teacher_variables, replicated)
+    teacher_variables = jax.device_put(run.teacher_variables, replicated)
     train_split = dataset.train
 
     def batch(step: int):
         idx = sampler.indices(step)
-        return jax.device_put(
-            (train_split.images[idx], train_split.labels[idx], train_split.labelled[idx]),
-            batch_sharding)
+        return jax.device_put((train_split.images[idx], train_split.labels[idx],
+                               train_split.labelled[idx], idx.astype(np.int32)), batch_sharding)
 
     t0 = time.perf_counter()
-    train_step = make_train_step(student, teacher, terms, run.tx, mesh, config).lower(
+    train_step = make_train_step(run.student, run.teacher, run.terms, tx, mesh, config,
+                                 len(train_split), dataset.num_classes, stage).lower(
         state, teacher_variables, *batch(0)).compile()
     compile_seconds = time.perf_counter() - t0
-    eval_step = make_eval_step(student, mesh, config)
+    eval_step = make_eval_step(run.student, mesh, config)
     selection = "validation" if dataset.validation is not None else "test"
 
-    for epoch in range(start_epoch + 1, config.num_epochs + 1):
+    for epoch in range(start_epoch + 1, num_epochs + 1):
         t0 = time.perf_counter()
         totals = None
         first_step = (epoch - 1) * sampler.steps_per_epoch
         for step in tqdm(range(first_step, first_step + sampler.steps_per_epoch),
-                         desc=f"epoch {epoch}/{config.num_epochs}", leave=False,
+                         desc=f"epoch {epoch}/{num_epochs}", leave=False,
                          disable=not config.get("progress_bar", True)):
             state, metrics = train_step(state, teacher_variables, *batch(step))
             totals = metrics if totals is None else jax.tree.map(jnp.add, totals, metrics)
@@ -396,7 +480,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                      batch_sharding).items():
                     record[f"{split_name}_{k}"] = v
         writer.write(epoch, record)
-        if epoch % config.checkpoint_every_epochs == 0 or epoch == config.num_epochs:
+        if epoch % config.checkpoint_every_epochs == 0 or epoch == num_epochs:
             checkpoints.save(epoch, state, variables,
                              {"accuracy": record[f"{selection}_accuracy"]})
         if config.get("log_epochs", True):
@@ -407,10 +491,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     checkpoints.close()
 
     summary = summarize(workdir, selection)
-    num_params = sum(x.size for x in jax.tree.leaves(run.state.params["student"]))
+    num_params = sum(x.size for x in jax.tree.leaves(state.params["student"]))
     summary.update(compile_seconds=compile_seconds, student_parameters=int(num_params))
     write_atomically(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2))
-    return summary
+    return state, summary
 
 
 def summarize(workdir: str, selection: str = "test") -> dict[str, Any]:

@@ -14,7 +14,7 @@ import math
 import flax.linen as nn
 import jax
 
-from vid_jax import losses
+from vid_jax.losses import core as losses
 
 Array = jax.Array
 

@@ -1,0 +1,103 @@
+"""The registry of distillation methods: config name -> loss term.
+
+A config lists terms under `config.distill`: `name: {weight, method (default: name), **args}`.
+The trainer only ever looks them up here; it knows no method by name. The protocol a term
+follows (its call, its context, its stages) is in `vid_jax.methods.base`; the terms are in one
+module per family. `python -m vid_jax.methods` prints the table of registered methods.
+"""
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+
+from vid_jax.methods import core
+from vid_jax.methods.base import (
+    DISTILL,
+    Context,
+    Features,
+    LayerPairs,
+    Method,
+    Stage,
+    example_context,
+    zero_loss,
+)
+
+FAMILIES = (core,)
+METHODS: dict[str, Method] = {m.name: m for family in FAMILIES for m in family.METHODS}
+
+__all__ = ["DISTILL", "METHODS", "Context", "Features", "LayerPairs", "Method", "Stage", "Term",
+           "build_terms", "check_layers", "describe", "example_context", "stages_of",
+           "zero_loss"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Term:
+    """One weighted term of the distillation loss, as a config entry asked for it."""
+
+    name: str
+    weight: float
+    module: nn.Module
+    method: Method
+
+
+def build_terms(distill_config: Mapping[str, Any] | None) -> list[Term]:
+    """`config.distill` -> terms. Each entry is `name: {weight, method (default: name), **args}`."""
+    terms = []
+    for name, entry in (distill_config or {}).items():
+        entry = dict(entry)
+        method_name = entry.pop("method", name)
+        weight = float(entry.pop("weight", 1.0))
+        if method_name not in METHODS:
+            raise ValueError(
+                f"Unknown distillation method {method_name!r} in config.distill.{name}; "
+                f"registered methods: {', '.join(sorted(METHODS))} (python -m vid_jax.methods).")
+        method = METHODS[method_name]
+        try:
+            module = method.build(**entry)
+        except TypeError as e:
+            raise ValueError(
+                f"config.distill.{name}: bad arguments for {method_name!r}: {e}") from e
+        terms.append(Term(name, weight, module, method))
+    return terms
+
+
+def stages_of(terms: Sequence[Term], epochs: Mapping[str, int] | None = None) -> list[Stage]:
+    """The stages the terms declare, in term order, once each; `epochs` overrides lengths."""
+    stages: dict[str, Stage] = {}
+    for term in terms:
+        for stage in term.method.stages:
+            stages.setdefault(stage.name, stage)
+    epochs = dict(epochs or {})
+    unknown = set(epochs) - set(stages)
+    if unknown:
+        raise ValueError(f"config.stage_epochs names {sorted(unknown)}, which no term declares; "
+                         f"the terms' stages: {sorted(stages) or 'none'}.")
+    return [dataclasses.replace(s, epochs=int(epochs.get(s.name, s.epochs)))
+            for s in stages.values()]
+
+
+def check_layers(terms: Sequence[Term], student_sown: Sequence[str],
+                 teacher_sown: Sequence[str] | None) -> None:
+    """Fails before training if a term reads a layer that a model does not sow."""
+    for term in terms:
+        for role, wanted, sown in (("student", term.module.student_layer_names, student_sown),
+                                   ("teacher", term.module.teacher_layer_names, teacher_sown)):
+            if not wanted:
+                continue
+            if sown is None:
+                raise ValueError(f"config.distill.{term.name} needs a teacher, but config.teacher "
+                                 "is not set; set config.teacher.model and config.teacher.workdir.")
+            missing = [layer for layer in wanted if layer not in sown]
+            if missing:
+                raise ValueError(
+                    f"config.distill.{term.name} reads {role} layer(s) {missing}, which the {role} "
+                    f"model does not sow; it sows: {', '.join(sown)}.")
+
+
+def describe() -> str:
+    """One line per registered method: its config name, what it matches, its paper."""
+    rows = [("method", "matches", "paper")] + [(m.name, m.matches, m.paper)
+                                               for m in METHODS.values()]
+    widths = [max(len(r[i]) for r in rows) for i in range(2)]
+    return "\n".join(f"{n:<{widths[0]}}  {w:<{widths[1]}}  {p}" for n, w, p in rows)

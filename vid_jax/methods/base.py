@@ -1,0 +1,115 @@
+"""What every distillation method is to the trainer: a term, its context, its stages.
+
+A *term* is a Flax module called as `term(student, teacher, ctx) -> scalar loss`, where
+`student` and `teacher` map the layer names the models sow (`group1`, `features`, `logits`...)
+to arrays of the current batch, and `ctx` is a `Context`. The trainer adds
+`weight * term(...)` to the task loss for each entry of `config.distill`, and one optimizer
+updates the student and every term's parameters together. A term may also keep state that is
+not trained by gradients (a memory bank, batch statistics) in any collection other than
+`params`: the trainer keeps it in the train state, and passes it back mutable at every step.
+It may draw random numbers with `self.make_rng("distill")`.
+
+A term says which layers it reads (`student_layer_names`, `teacher_layer_names`), so a config
+that names a layer a model does not sow fails before training.
+"""
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Features = Mapping[str, jax.Array]
+DISTILL = "distill"  # the name of the main stage, in which every term gives its loss
+
+
+@flax.struct.dataclass
+class Context:
+    """What a term may read besides the layers: the batch, and where and when the step runs."""
+
+    images: jax.Array    # [B, H, W, C] the normalised, augmented input the student saw
+    labels: jax.Array    # [B] int32
+    labelled: jax.Array  # [B] bool; False: an unlabelled image (no task loss)
+    indices: jax.Array   # [B] int32 positions in the training split (for memory banks)
+    num_examples: int = flax.struct.field(pytree_node=False, default=0)  # training-split size
+    num_classes: int = flax.struct.field(pytree_node=False, default=0)
+    # The data-parallel mesh axis, for collectives (None outside shard_map). Each device sees
+    # its slice of the batch; a term that needs the whole batch gathers it over this axis.
+    axis_name: str | None = flax.struct.field(pytree_node=False, default=None)
+    stage: str = flax.struct.field(pytree_node=False, default=DISTILL)
+    train: bool = flax.struct.field(pytree_node=False, default=True)
+
+
+def example_context(images: jax.Array, labels: jax.Array | None = None, num_classes: int = 10,
+                    num_examples: int | None = None, **changes: Any) -> Context:
+    """A Context for a batch outside the trainer (tests, notebooks): all labelled."""
+    batch = images.shape[0]
+    labels = jnp.zeros((batch,), jnp.int32) if labels is None else labels
+    return Context(images=images, labels=labels, labelled=jnp.ones((batch,), bool),
+                   indices=jnp.arange(batch, dtype=jnp.int32),
+                   num_examples=num_examples or batch, num_classes=num_classes, **changes)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """A stage a method runs before the main one (FitNet's hints, FT's paraphraser...).
+
+    During it, every term is called with `ctx.stage == name` (a term that has nothing to do
+    in this stage returns 0), the task loss counts only if `task_loss`, and only the
+    parameters that `trains` names are updated: "student", "heads" (all heads), or
+    "heads:<submodule>" (head parameters under a submodule of that name, e.g.
+    "heads:paraphraser"). Each stage has its own optimizer state and checkpoints.
+    """
+
+    name: str
+    trains: tuple[str, ...]
+    epochs: int
+    task_loss: bool = False
+    description: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A registry entry: the config name, the term's module, and what to tell a user."""
+
+    name: str
+    build: Callable[..., nn.Module]
+    matches: str   # what it matches: logits, intermediate maps, relations...
+    paper: str
+    example: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # a config entry
+    stages: tuple[Stage, ...] = ()
+    # Head submodules (by name) that the main stage must not update: trained in a stage
+    # before and then fixed, like FT's paraphraser. Their gradients and weight decay are zeroed.
+    frozen: tuple[str, ...] = ()
+
+
+class LayerPairs:
+    """Mixin for terms that pair student layers with teacher layers of the same position."""
+
+    layers: Sequence[str]
+    teacher_layers: Sequence[str] | None
+
+    @property
+    def student_layer_names(self) -> tuple[str, ...]:
+        return tuple(self.layers)
+
+    @property
+    def teacher_layer_names(self) -> tuple[str, ...]:
+        names = tuple(self.teacher_layers or self.layers)
+        if len(names) != len(self.layers):
+            raise ValueError(
+                f"{type(self).__name__}: {len(self.layers)} student layers but {len(names)} "
+                "teacher layers; give one teacher layer per student layer.")
+        return names
+
+    def pairs(self, student: Features, teacher: Features):
+        """[(student layer name, student array, teacher array)] in config order."""
+        return [(s, student[s], teacher[t])
+                for s, t in zip(self.student_layer_names, self.teacher_layer_names)]
+
+
+def zero_loss() -> jax.Array:
+    """The loss of a term in a stage that is not its own."""
+    return jnp.zeros((), jnp.float32)
