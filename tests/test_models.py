@@ -44,7 +44,7 @@ def test_sown_group_end_is_before_the_final_batch_norm_relu():
 def test_bad_depth_and_unknown_model_fail_clearly():
     with pytest.raises(ValueError, match="6n\\+4"):
         _variables(build_model(dict(name="wrn", depth=15, width=1), num_classes=10))
-    with pytest.raises(ValueError, match="Unknown model 'resnet99'; known models: wrn"):
+    with pytest.raises(ValueError, match="Unknown model .resnet99.; known models: .*wrn"):
         build_model(dict(name="resnet99"), num_classes=10)
 
 

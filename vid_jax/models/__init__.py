@@ -1,14 +1,36 @@
 """Model registry: a config names a model and its arguments; nothing here knows of distillation."""
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
 import jax
 
+from vid_jax.models import cifar_resnet, resnet, vgg
+from vid_jax.models.mlp import MLP
 from vid_jax.models.wide_resnet import WideResNet
 
-MODELS: dict[str, type[nn.Module]] = {
+# A model class, or a partial of one that fixes its architecture (its config may override).
+MODELS: dict[str, Callable[..., nn.Module]] = {
     "wrn": WideResNet,
+    # ImageNet-form ResNets (torchvision's).
+    "resnet18": resnet.resnet18,
+    "resnet34": resnet.resnet34,
+    "resnet50": resnet.resnet50,
+    # RepDistiller's CIFAR ResNets; "cifar_resnet" takes depth (and num_filters) from the config.
+    "cifar_resnet": cifar_resnet.CifarResNet,
+    "resnet8": cifar_resnet.resnet8,
+    "resnet14": cifar_resnet.resnet14,
+    "resnet20": cifar_resnet.resnet20,
+    "resnet32": cifar_resnet.resnet32,
+    "resnet44": cifar_resnet.resnet44,
+    "resnet56": cifar_resnet.resnet56,
+    "resnet110": cifar_resnet.resnet110,
+    "resnet8x4": cifar_resnet.resnet8x4,
+    "resnet32x4": cifar_resnet.resnet32x4,
+    # VGG-BN; "vgg" takes its blocks from the config.
+    "vgg": vgg.VGG,
+    "vgg9": vgg.vgg9,
+    "mlp": MLP,
 }
 
 
