@@ -10,32 +10,14 @@ import copy
 
 import ml_collections
 
-from vid_jax.config_base import base_config
+from vid_jax.config_base import digits_recipe
 
 IMAGES_PER_CLASS = 10
 
 
-def digits_run(depth: int, width: int, images_per_class: int | None,
-               num_epochs: int) -> ml_collections.ConfigDict:
-    config = base_config()
-    config.data.source = "digits"
-    config.data.images_per_class = images_per_class
-    config.augment.crop_padding = 1  # 8x8 images: a one-pixel shift
-    config.augment.flip = False      # a mirrored digit is another digit
-    config.model.update(depth=depth, width=width)
-    config.num_epochs = num_epochs
-    config.batch_size = 32
-    config.eval_batch_size = 540  # the whole test split (30% of 1,797) in one batch
-    config.optimizer.update(learning_rate=0.05, schedule="cosine")
-    config.checkpoint_every_epochs = 10
-    config.progress_bar = False
-    config.log_epochs = False
-    return config
-
-
 def get_config() -> ml_collections.ConfigDict:
-    teacher = digits_run(depth=16, width=2, images_per_class=None, num_epochs=15)
-    student = digits_run(depth=10, width=1, images_per_class=IMAGES_PER_CLASS, num_epochs=80)
+    teacher = digits_recipe(depth=16, width=2, images_per_class=None, num_epochs=15)
+    student = digits_recipe(depth=10, width=1, images_per_class=IMAGES_PER_CLASS, num_epochs=80)
     vid = copy.deepcopy(student)
     vid.teacher.model = teacher.model
     vid.teacher.workdir = "{workdir}/teacher"

@@ -77,3 +77,22 @@ def cifar10_recipe() -> ml_collections.ConfigDict:
     config.num_epochs = 200
     config.batch_size = 128
     return config
+
+
+def digits_recipe(depth: int, width: int, images_per_class: int | None,
+                  num_epochs: int) -> ml_collections.ConfigDict:
+    """A WRN-depth-width run on scikit-learn's digits (no download), as the quickstart trains."""
+    config = base_config()
+    config.data.source = "digits"
+    config.data.images_per_class = images_per_class
+    config.augment.crop_padding = 1  # 8x8 images: a one-pixel shift
+    config.augment.flip = False      # a mirrored digit is another digit
+    config.model.update(depth=depth, width=width)
+    config.num_epochs = num_epochs
+    config.batch_size = 32
+    config.eval_batch_size = 540  # the whole test split (30% of 1,797) in one batch
+    config.optimizer.update(learning_rate=0.05, schedule="cosine")
+    config.checkpoint_every_epochs = 10
+    config.progress_bar = False
+    config.log_epochs = False
+    return config

@@ -37,10 +37,23 @@ def run_jobs(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict[
 
 def accuracy_table(summaries: dict[str, dict[str, Any]],
                    descriptions: dict[str, str] | None = None) -> str:
-    """A markdown table of final and best test accuracy per job."""
+    """A markdown table of final and best test accuracy per job, and of each distillation
+    term's loss in the job's first and last epoch where it has terms."""
     descriptions = descriptions or {}
-    lines = ["| run | what | final test acc | best test acc |", "|---|---|---|---|"]
+    with_terms = any(s.get("term_losses") for s in summaries.values())
+    header = "| run | what | final test acc | best test acc |"
+    lines = [header + (" term loss: first -> last epoch |" if with_terms else ""),
+             "|---|---|---|---|" + ("---|" if with_terms else "")]
     for name, s in summaries.items():
-        lines.append(f"| {name} | {descriptions.get(name, '')} | "
-                     f"{100 * s['final_test_accuracy']:.2f} | {100 * s['best_test_accuracy']:.2f} |")
+        line = (f"| {name} | {descriptions.get(name, '')} | "
+                f"{100 * s['final_test_accuracy']:.2f} | {100 * s['best_test_accuracy']:.2f} |")
+        if with_terms:
+            runs = [(stage, summary["term_losses"])
+                    for stage, summary in s.get("stages", {}).items()]
+            runs.append(("", s.get("term_losses", {})))
+            line += " " + ", ".join(
+                f"{term}{f' ({stage})' if stage else ''}: {v['first_epoch']:.4g} -> "
+                f"{v['last_epoch']:.4g}" for stage, losses in runs for term, v in losses.items()
+            ) + " |"
+        lines.append(line)
     return "\n".join(lines)

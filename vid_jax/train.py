@@ -407,21 +407,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     weights the last one ended with.
     """
     run = prepare(config, dataset)
-    state = run.state
+    state, stages = run.state, {}
     for stage in run.stages:
         if stage.epochs > 0:
             if run.config.get("log_epochs", True):
                 print(f"stage {stage.name}: {stage.description} ({stage.epochs} epochs)")
-            state, _ = train_stage(run, state, os.path.join(workdir, "stages", stage.name),
-                                   stage)
-    _, summary = train_stage(run, state, workdir)
+            state, stages[stage.name] = train_stage(
+                run, state, os.path.join(workdir, "stages", stage.name), stage)
+    _, summary = train_stage(run, state, workdir, stages_before=stages)
     return summary
 
 
 def train_stage(run: Run, previous: TrainState, workdir: str,
-                stage: methods.Stage | None = None) -> tuple[TrainState, dict[str, Any]]:
+                stage: methods.Stage | None = None,
+                stages_before: dict[str, dict[str, Any]] | None = None
+                ) -> tuple[TrainState, dict[str, Any]]:
     """Trains one stage in `workdir` from the weights of `previous`, resuming from the
-    workdir's latest checkpoint; returns the final state and the summary."""
+    workdir's latest checkpoint; returns the final state and the summary (which records the
+    summaries of `stages_before`)."""
     config, dataset, mesh, sampler = run.config, run.dataset, run.mesh, run.sampler
     num_epochs = config.num_epochs if stage is None else stage.epochs
     state, tx, schedule = run.start_stage(stage, previous)
@@ -493,17 +496,23 @@ def train_stage(run: Run, previous: TrainState, workdir: str,
     summary = summarize(workdir, selection)
     num_params = sum(x.size for x in jax.tree.leaves(state.params["student"]))
     summary.update(compile_seconds=compile_seconds, student_parameters=int(num_params))
+    if stages_before:
+        summary["stages"] = stages_before
     write_atomically(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2))
     return state, summary
 
 
 def summarize(workdir: str, selection: str = "test") -> dict[str, Any]:
-    """Final and best accuracies from a run's metrics.jsonl."""
+    """Final and best accuracies, and each distillation term's loss in the first and the last
+    epoch, from a run's metrics.jsonl."""
     lines = read_metrics(os.path.join(workdir, MetricWriter.FILENAME))
     last = lines[-1]
     best = max(lines, key=lambda line: line[f"{selection}_accuracy"])
+    not_terms = {"loss", "task_loss", "test_loss", "validation_loss"}
+    term_losses = {k[:-len("_loss")]: {"first_epoch": lines[0][k], "last_epoch": last[k]}
+                   for k in last if k.endswith("_loss") and k not in not_terms}
     return {"epochs": last["epoch"], "final_test_accuracy": last["test_accuracy"],
             "best_test_accuracy": max(line["test_accuracy"] for line in lines),
             f"best_{selection}_epoch": best["epoch"],
             "test_accuracy_at_best_selection": best["test_accuracy"],
-            "selected_by": selection}
+            "selected_by": selection, "term_losses": term_losses}
