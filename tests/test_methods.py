@@ -32,7 +32,8 @@ def test_build_terms_reads_weight_method_and_arguments():
 
 
 def test_unknown_method_names_the_registered_ones():
-    with pytest.raises(ValueError, match=r"Unknown distillation method 'vid' in config.distill.vid; "
+    with pytest.raises(ValueError,
+                       match=r"Unknown distillation method 'vid' in config.distill.vid; "
                                          r"registered methods: .*at, .*kd, .*vid_i"):
         methods.build_terms({"vid": dict(weight=1.0)})
 
@@ -44,7 +45,8 @@ def test_bad_arguments_name_the_term():
 
 def test_layer_that_is_not_sown_lists_the_sown_ones():
     terms = methods.build_terms({"vid_i": dict(layers=("group1", "block7"))})
-    with pytest.raises(ValueError, match=r"reads student layer\(s\) \['block7'\], which the student "
+    with pytest.raises(ValueError,
+                       match=r"reads student layer\(s\) \['block7'\], which the student "
                                          r"model does not sow; it sows: group1, group2, logits"):
         methods.check_layers(terms, ["group1", "group2", "logits"], ["group1", "group2", "logits"])
 

@@ -1,5 +1,4 @@
 """The trainer: one step on many devices, the loop, checkpoints, resume, and bad-input errors."""
-import copy
 import json
 import os
 import signal
@@ -234,7 +233,8 @@ def test_layer_that_is_not_sown(teacher_run, tmp_path):
     config = distill_config(teacher_run[0])
     config.teacher.model.width = 2
     config.distill.vid_i.layers = ("group1", "group4")
-    with pytest.raises(ValueError, match=r"\['group4'\].*it sows: features, group1, group2, group3, "
+    with pytest.raises(ValueError,
+                       match=r"\['group4'\].*it sows: features, group1, group2, group3, "
                                          r"logits"):
         train.train_and_evaluate(config, str(tmp_path / "run"), dataset=tiny_dataset())
     assert not (tmp_path / "run").exists()

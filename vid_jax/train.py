@@ -255,8 +255,8 @@ def evaluate(eval_step, variables, split: data.Split, batch_size: int,
         valid = idx < n
         idx = np.where(valid, idx, 0)
         batch = jax.device_put((split.images[idx], split.labels[idx], valid), sharding)
-        c, l = eval_step(variables, *batch)
-        correct, loss = correct + c, loss + l
+        batch_correct, batch_loss = eval_step(variables, *batch)
+        correct, loss = correct + batch_correct, loss + batch_loss
     return {"accuracy": float(correct) / n, "loss": float(loss) / n}
 
 
