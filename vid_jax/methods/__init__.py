@@ -11,7 +11,7 @@ from typing import Any
 
 import flax.linen as nn
 
-from vid_jax.methods import core, online, relational, transfer
+from vid_jax.methods import core, factors, online, relational, transfer
 from vid_jax.methods.base import (
     DISTILL,
     Context,
@@ -23,7 +23,7 @@ from vid_jax.methods.base import (
     zero_loss,
 )
 
-FAMILIES = (core, transfer, relational, online)
+FAMILIES = (core, transfer, relational, factors, online)
 METHODS: dict[str, Method] = {m.name: m for family in FAMILIES for m in family.METHODS}
 
 __all__ = ["DISTILL", "METHODS", "Context", "Features", "LayerPairs", "Method", "Stage", "Term",
