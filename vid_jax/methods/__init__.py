@@ -27,7 +27,7 @@ FAMILIES = (core, transfer, relational, factors, online)
 METHODS: dict[str, Method] = {m.name: m for family in FAMILIES for m in family.METHODS}
 
 __all__ = ["DISTILL", "METHODS", "Context", "Features", "LayerPairs", "Method", "Stage", "Term",
-           "build_terms", "check_layers", "describe", "example_context", "stages_of",
+           "build_terms", "check_layers", "describe", "example_context", "markdown", "stages_of",
            "zero_loss"]
 
 
@@ -101,3 +101,19 @@ def describe() -> str:
                                                for m in METHODS.values()]
     widths = [max(len(r[i]) for r in rows) for i in range(2)]
     return "\n".join(f"{n:<{widths[0]}}  {w:<{widths[1]}}  {p}" for n, w, p in rows)
+
+
+def _config_line(name: str, entry: Mapping[str, Any]) -> str:
+    return f"config.distill.{name} = dict({', '.join(f'{k}={v!r}' for k, v in entry.items())})"
+
+
+def markdown() -> str:
+    """The README's table: each method, what it matches, its paper, the config that selects it,
+    and the stages it runs before the main one."""
+    lines = ["| method | matches | paper | config | stages before the main one |",
+             "|---|---|---|---|---|"]
+    for m in METHODS.values():
+        stages = ", ".join(f"`{s.name}` ({s.description})" for s in m.stages)
+        lines.append(f"| `{m.name}` | {m.matches} | {m.paper} | "
+                     f"`{_config_line(m.name, m.example)}` | {stages} |")
+    return "\n".join(lines)

@@ -1,4 +1,7 @@
-"""`python -m vid_jax.methods`: the table of registered distillation methods."""
-from vid_jax.methods import describe
+"""`python -m vid_jax.methods`: the registered distillation methods, one line each
+(`--markdown`: the README's table, with the config line that selects each)."""
+import sys
 
-print(describe())
+from vid_jax.methods import describe, markdown
+
+print(markdown() if "--markdown" in sys.argv[1:] else describe())
