@@ -197,6 +197,12 @@ def test_distillation_with_unlabelled_images_reads_the_teacher(teacher_run, tmp_
     lines = read_metrics(str(tmp_path / "vid" / "metrics.jsonl"))
     assert lines[-1]["vid_i_loss"] < lines[0]["vid_i_loss"]
     assert lines[-1]["kd_loss"] > 0 and summary["epochs"] == 3
+    # The summary gives each term's loss before any update, from epoch 1's record only.
+    assert set(summary["term_losses"]) == {"vid_i", "kd"}
+    vid = summary["term_losses"]["vid_i"]
+    assert vid["first_step"] == lines[0]["vid_i_loss_at_start"]
+    assert vid["first_epoch"] == lines[0]["vid_i_loss"] != vid["first_step"]  # several steps
+    assert "vid_i_loss_at_start" not in lines[1]
 
 
 def test_rerunning_a_finished_run_trains_nothing(teacher_run):

@@ -38,11 +38,12 @@ def run_jobs(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict[
 def accuracy_table(summaries: dict[str, dict[str, Any]],
                    descriptions: dict[str, str] | None = None) -> str:
     """A markdown table of final and best test accuracy per job, and of each distillation
-    term's loss in the job's first and last epoch where it has terms."""
+    term's loss where it has terms: at the first step (before any update; the first epoch's
+    mean for runs that did not record it) and the mean over the last epoch."""
     descriptions = descriptions or {}
     with_terms = any(s.get("term_losses") for s in summaries.values())
     header = "| run | what | final test acc | best test acc |"
-    lines = [header + (" term loss: first -> last epoch |" if with_terms else ""),
+    lines = [header + (" term loss: first step -> last epoch |" if with_terms else ""),
              "|---|---|---|---|" + ("---|" if with_terms else "")]
     for name, s in summaries.items():
         line = (f"| {name} | {descriptions.get(name, '')} | "
@@ -52,7 +53,8 @@ def accuracy_table(summaries: dict[str, dict[str, Any]],
                     for stage, summary in s.get("stages", {}).items()]
             runs.append(("", s.get("term_losses", {})))
             line += " " + ", ".join(
-                f"{term}{f' ({stage})' if stage else ''}: {v['first_epoch']:.4g} -> "
+                f"{term}{f' ({stage})' if stage else ''}: "
+                f"{v['first_epoch'] if v.get('first_step') is None else v['first_step']:.4g} -> "
                 f"{v['last_epoch']:.4g}" for stage, losses in runs for term, v in losses.items()
             ) + " |"
         lines.append(line)

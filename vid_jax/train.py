@@ -468,6 +468,9 @@ def train_stage(run: Run, previous: TrainState, workdir: str,
                          disable=not config.get("progress_bar", True)):
             state, metrics = train_step(state, teacher_variables, *batch(step))
             totals = metrics if totals is None else jax.tree.map(jnp.add, totals, metrics)
+            if step == 0:  # the losses of the weights the stage starts from
+                at_start = {f"{k}_at_start": float(v) for k, v in jax.device_get(metrics).items()
+                            if k.endswith("_loss")}
         totals = jax.device_get(totals)
         seconds = time.perf_counter() - t0
         record = {k: float(v) / sampler.steps_per_epoch for k, v in totals.items()
@@ -476,6 +479,8 @@ def train_stage(run: Run, previous: TrainState, workdir: str,
             float(totals["train_labelled"]), 1.0)
         record["learning_rate"] = float(schedule(int(state.step) - 1))
         record["images_per_sec"] = sampler.steps_per_epoch * config.batch_size / seconds
+        if epoch == 1:
+            record.update(at_start)
         variables = {"params": state.params["student"], "batch_stats": state.batch_stats}
         for split_name, split in (("test", dataset.test), ("validation", dataset.validation)):
             if split is not None:
@@ -503,13 +508,14 @@ def train_stage(run: Run, previous: TrainState, workdir: str,
 
 
 def summarize(workdir: str, selection: str = "test") -> dict[str, Any]:
-    """Final and best accuracies, and each distillation term's loss in the first and the last
-    epoch, from a run's metrics.jsonl."""
+    """Final and best accuracies, and each distillation term's loss at the first step (before
+    any update), in the first epoch and in the last epoch, from a run's metrics.jsonl."""
     lines = read_metrics(os.path.join(workdir, MetricWriter.FILENAME))
     last = lines[-1]
     best = max(lines, key=lambda line: line[f"{selection}_accuracy"])
     not_terms = {"loss", "task_loss", "test_loss", "validation_loss"}
-    term_losses = {k[:-len("_loss")]: {"first_epoch": lines[0][k], "last_epoch": last[k]}
+    term_losses = {k[:-len("_loss")]: {"first_step": lines[0].get(f"{k}_at_start"),
+                                       "first_epoch": lines[0][k], "last_epoch": last[k]}
                    for k in last if k.endswith("_loss") and k not in not_terms}
     return {"epochs": last["epoch"], "final_test_accuracy": last["test_accuracy"],
             "best_test_accuracy": max(line["test_accuracy"] for line in lines),
