@@ -38,6 +38,22 @@ def test_cifar10_rows_and_the_recipe_of_the_cifar100_student():
     assert config.distill.vid_i.weight == 1.0 and config.task_loss_weight == 1.0
 
 
+def test_the_method_zoo_has_every_method_and_the_papers_combinations():
+    from vid_jax import methods
+    module = _load("method_zoo.py")
+    config = module.get_config()
+    assert set(config.job_order) == {"teacher", "student", *methods.METHODS,
+                                     "kd+at", "kd+vid_i", "lwf+fitnet", "vid_lp+vid_i"}
+    assert set(config.jobs["lwf+fitnet"].distill) == {"lwf", "fitnet"}
+    assert dict(config.jobs["lwf+fitnet"].stage_epochs) == {"fitnet_hint": module.STAGE_EPOCHS}
+    assert config.jobs["kd+at"].teacher.workdir == "{workdir}/teacher"
+    assert config.jobs["dml"].teacher.model is None  # online: no fixed teacher
+    assert list(module.get_config("at,kd+vid_i").job_order) == [
+        "teacher", "student", "at", "kd+vid_i"]
+    with pytest.raises(ValueError, match=r"Unknown methods \['vid'\]"):
+        module.get_config("kd+vid")
+
+
 def _launch(tmp_path, *args):
     env = dict(os.environ, PYTHONPATH=ROOT)
     return subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"),

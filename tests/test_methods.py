@@ -1,4 +1,5 @@
 """The method registry: config entries -> weighted terms, and the errors a bad config gets."""
+import os
 import subprocess
 import sys
 
@@ -97,6 +98,18 @@ def test_module_prints_one_line_per_method():
                          text=True, check=True).stdout.strip().splitlines()
     assert out[0].split()[:2] == ["method", "matches"]
     assert sorted(line.split()[0] for line in out[1:]) == sorted(methods.METHODS)
+    # The issue's list, by config name: none may go missing from the registry.
+    assert {"vid_i", "vid_lp", "kd", "fitnet", "at", "nst", "lwf", "ab", "fsp", "kd_svd", "rkd",
+            "sp", "cc", "pkt", "crd", "ft", "od", "dml", "ie_kd", "ie_at", "ie_ft", "ie_od",
+            "ie_dml"} <= set(methods.METHODS)
+
+
+def test_the_readme_has_the_registrys_table():
+    readme = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "README.md")
+    with open(readme) as f:
+        assert methods.markdown() in f.read(), (
+            "README.md's methods table is stale: paste `python -m vid_jax.methods --markdown`")
 
 
 def test_stages_come_from_the_terms_once_each_with_config_lengths():
