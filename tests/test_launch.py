@@ -65,7 +65,8 @@ def test_a_tfds_set_that_is_not_prepared_fails_with_one_message(tmp_path):
     result = _launch(tmp_path, "--config=configs/cifar100_wrn16_2.py",
                      f"--config.data.data_dir={tmp_path / 'tfds'}", "--config.data.download=False")
     assert result.returncode == 2
-    assert "error: TFDS data set 'cifar100' is not prepared in" in result.stderr
+    assert result.stderr.startswith("error: TFDS data set 'cifar100' is not prepared in")
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr  # no TFDS log lines
     assert "--config.data.data_dir" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()
 

@@ -5,6 +5,8 @@ Each loader reads whole splits into memory as NumPy arrays (uint8 NHWC images, i
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import socket
 from collections.abc import Callable, Mapping
@@ -81,6 +83,20 @@ def _read_tfds_split(ds, name: str, split: str) -> Split:
     return Split.from_arrays(images, labels)
 
 
+@contextlib.contextmanager
+def _without_tfds_probe_warnings():
+    """TFDS warns "Variant folder ... has no dataset_info.json" for each folder it probes for a
+    prepared copy; when there is none, the error raised below says so in one message."""
+    def keep(record: logging.LogRecord) -> bool:
+        return "Variant folder" not in record.getMessage()
+    absl_logger = logging.getLogger("absl")
+    absl_logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        absl_logger.removeFilter(keep)
+
+
 def load_tfds(name: str, data_dir: str | None = None, train_split: str = "train",
               test_split: str = "test", download: bool = True) -> Dataset:
     """A TFDS data set, read whole into memory.
@@ -97,7 +113,8 @@ def load_tfds(name: str, data_dir: str | None = None, train_split: str = "train"
 
     try:
         try:
-            (train, info), (test, _) = load(train_split, False), load(test_split, False)
+            with _without_tfds_probe_warnings():
+                (train, info), (test, _) = load(train_split, False), load(test_split, False)
         except AssertionError as not_prepared:  # TFDS's "could not find data in <dir>"
             if not download:
                 raise DatasetUnavailableError(
