@@ -18,6 +18,7 @@ from vid_jax.methods.base import (
     Features,
     LayerPairs,
     Method,
+    OneLayer,
     Stage,
     example_context,
     zero_loss,
@@ -26,9 +27,9 @@ from vid_jax.methods.base import (
 FAMILIES = (core, transfer, relational, factors, online)
 METHODS: dict[str, Method] = {m.name: m for family in FAMILIES for m in family.METHODS}
 
-__all__ = ["DISTILL", "METHODS", "Context", "Features", "LayerPairs", "Method", "Stage", "Term",
-           "build_terms", "check_layers", "describe", "example_context", "markdown", "stages_of",
-           "zero_loss"]
+__all__ = ["DISTILL", "METHODS", "Context", "Features", "LayerPairs", "Method", "OneLayer",
+           "Stage", "Term", "build_terms", "check_layers", "describe", "example_context",
+           "markdown", "stages_of", "zero_loss"]
 
 
 @dataclasses.dataclass(frozen=True)

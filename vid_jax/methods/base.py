@@ -110,6 +110,24 @@ class LayerPairs:
                 for s, t in zip(self.student_layer_names, self.teacher_layer_names)]
 
 
+class OneLayer:
+    """Mixin for terms that read one student layer and one teacher layer (default: the same)."""
+
+    layer: str
+    teacher_layer: str | None
+
+    @property
+    def student_layer_names(self) -> tuple[str, ...]:
+        return (self.layer,)
+
+    @property
+    def teacher_layer_names(self) -> tuple[str, ...]:
+        return (self.teacher_layer or self.layer,)
+
+    def read(self, student: Features, teacher: Features) -> tuple[jax.Array, jax.Array]:
+        return student[self.layer], teacher[self.teacher_layer or self.layer]
+
+
 def zero_loss() -> jax.Array:
     """The loss of a term in a stage that is not its own."""
     return jnp.zeros((), jnp.float32)

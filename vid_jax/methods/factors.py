@@ -14,7 +14,16 @@ import jax
 from vid_jax.heads import factors as factor_heads
 from vid_jax.losses import core as core_losses
 from vid_jax.losses import factors as factor_losses
-from vid_jax.methods.base import DISTILL, Context, Features, LayerPairs, Method, Stage, zero_loss
+from vid_jax.methods.base import (
+    DISTILL,
+    Context,
+    Features,
+    LayerPairs,
+    Method,
+    OneLayer,
+    Stage,
+    zero_loss,
+)
 from vid_jax.models import build_model, sown_layers
 
 GROUPS = ("group1", "group2", "group3")
@@ -27,7 +36,7 @@ def _factor_channels(channels: int, rate: float) -> int:
     return max(1, int(round(channels * rate)))
 
 
-class FT(nn.Module):
+class FT(OneLayer, nn.Module):
     """Factor Transfer (Kim, Park, Kwak, NeurIPS 2018).
 
     Stage `ft_paraphraser`: the paraphraser, a convolutional auto-encoder on the teacher's
@@ -55,18 +64,9 @@ class FT(nn.Module):
     p: float = 1.0
     use_bn: bool = True
 
-    @property
-    def student_layer_names(self) -> tuple[str, ...]:
-        return (self.layer,)
-
-    @property
-    def teacher_layer_names(self) -> tuple[str, ...]:
-        return (self.teacher_layer or self.layer,)
-
     @nn.compact
     def __call__(self, student: Features, teacher: Features, ctx: Context) -> jax.Array:
-        s, t = core_losses.match_spatial(student[self.layer],
-                                         teacher[self.teacher_layer or self.layer])
+        s, t = core_losses.match_spatial(*self.read(student, teacher))
         factor_channels = _factor_channels(t.shape[-1], self.rate)
         paraphraser = factor_heads.Paraphraser(t.shape[-1], factor_channels, self.use_bn,
                                                axis_name=ctx.axis_name, name="paraphraser")
@@ -131,7 +131,7 @@ class OD(LayerPairs, nn.Module):
         return total
 
 
-class IEKD(nn.Module):
+class IEKD(OneLayer, nn.Module):
     """Inheritance and Exploration KD (Huang et al., CVPR 2021); the variant sets `distance`.
 
     Stage `ie_autoencoder`: an auto-encoder (`heads.factors.Paraphraser`, named
@@ -167,18 +167,9 @@ class IEKD(nn.Module):
     use_bn: bool = True
     margin_momentum: float = 0.9
 
-    @property
-    def student_layer_names(self) -> tuple[str, ...]:
-        return (self.layer,)
-
-    @property
-    def teacher_layer_names(self) -> tuple[str, ...]:
-        return (self.teacher_layer or self.layer,)
-
     @nn.compact
     def __call__(self, student: Features, teacher: Features, ctx: Context) -> jax.Array:
-        s, t = core_losses.match_spatial(student[self.layer],
-                                         teacher[self.teacher_layer or self.layer])
+        s, t = core_losses.match_spatial(*self.read(student, teacher))
         factor_channels = _factor_channels(t.shape[-1], self.rate)
         autoencoder = factor_heads.Paraphraser(t.shape[-1], factor_channels, self.use_bn,
                                                axis_name=ctx.axis_name, name="ie_autoencoder")

@@ -23,28 +23,11 @@ from vid_jax.methods.base import (
     Features,
     LayerPairs,
     Method,
+    OneLayer,
     zero_loss,
 )
 
 GROUPS = ("group1", "group2", "group3")
-
-
-class OneLayer:
-    """Mixin for terms that read one student layer and one teacher layer (default: the same)."""
-
-    layer: str
-    teacher_layer: str | None
-
-    @property
-    def student_layer_names(self) -> tuple[str, ...]:
-        return (self.layer,)
-
-    @property
-    def teacher_layer_names(self) -> tuple[str, ...]:
-        return (self.teacher_layer or self.layer,)
-
-    def read(self, student: Features, teacher: Features) -> tuple[jax.Array, jax.Array]:
-        return student[self.layer], teacher[self.teacher_layer or self.layer]
 
 
 def gather_batch(x: jax.Array, ctx: Context) -> jax.Array:

@@ -12,14 +12,23 @@ import jax
 from vid_jax.heads import VIDHead
 from vid_jax.heads import transfer as transfer_heads
 from vid_jax.losses import transfer as transfer_losses
-from vid_jax.methods.base import DISTILL, Context, Features, LayerPairs, Method, Stage, zero_loss
+from vid_jax.methods.base import (
+    DISTILL,
+    Context,
+    Features,
+    LayerPairs,
+    Method,
+    OneLayer,
+    Stage,
+    zero_loss,
+)
 
 GROUPS = ("group1", "group2", "group3")
 FSP_STAGE = "fsp_init"
 AB_STAGE = "ab_init"
 
 
-class VIDLP(nn.Module):
+class VIDLP(OneLayer, nn.Module):
     """VID-LP (Ahn et al. 2019, eq. 3 and 6): -log q(t|s) of the teacher's logits t, with a
     Gaussian whose mean is linear in the student's penultimate features s, mu(s) = W s + b,
     and whose variance is one softplus(alpha) + eps per logit (`heads.VIDHead`, one layer)."""
@@ -29,24 +38,16 @@ class VIDLP(nn.Module):
     init_variance: float = 5.0
     eps: float = 1e-5
 
-    @property
-    def student_layer_names(self) -> tuple[str, ...]:
-        return (self.layer,)
-
-    @property
-    def teacher_layer_names(self) -> tuple[str, ...]:
-        return (self.teacher_layer,)
-
     @nn.compact
     def __call__(self, student: Features, teacher: Features, ctx: Context) -> jax.Array:
         if ctx.stage != DISTILL:
             return zero_loss()
-        t = teacher[self.teacher_layer]
+        s, t = self.read(student, teacher)
         return VIDHead(t.shape[-1], num_layers=1, init_variance=self.init_variance,
-                       eps=self.eps, name="vid_lp")(student[self.layer], t)
+                       eps=self.eps, name="vid_lp")(s, t)
 
 
-class LwF(nn.Module):
+class LwF(OneLayer, nn.Module):
     """Learning without Forgetting (Li & Hoiem 2016) across architectures, as in VID's
     transfer experiments: an extra linear head on the student's penultimate features predicts
     the teacher's (old-task) logits, with LwF's T=2 soft cross-entropy. The teacher's number
@@ -60,20 +61,11 @@ class LwF(nn.Module):
     layer: str = "features"
     teacher_layer: str = "logits"
 
-    @property
-    def student_layer_names(self) -> tuple[str, ...]:
-        return (self.layer,)
-
-    @property
-    def teacher_layer_names(self) -> tuple[str, ...]:
-        return (self.teacher_layer,)
-
     @nn.compact
     def __call__(self, student: Features, teacher: Features, ctx: Context) -> jax.Array:
         if ctx.stage != DISTILL:
             return zero_loss()
-        return transfer_heads.LwFHead(self.temperature, name="lwf")(
-            student[self.layer], teacher[self.teacher_layer])
+        return transfer_heads.LwFHead(self.temperature, name="lwf")(*self.read(student, teacher))
 
 
 class NST(LayerPairs, nn.Module):
