@@ -32,6 +32,13 @@ def test_cifar10_rows_and_the_recipe_of_the_cifar100_student():
         assert set(config.distill) == set(module.ROWS[row])
     with pytest.raises(ValueError, match="Unknown row 'vid'"):
         module.get_config("vid")
+    teacher = _load("cifar10_wrn40_2.py")
+    assert teacher.get_config().num_epochs == 200
+    cpu = teacher.get_config("cpu")
+    assert (cpu.num_epochs, cpu.optimizer.schedule, cpu.data.source) == (15, "cosine",
+                                                                         "image_folder")
+    with pytest.raises(ValueError, match="Unknown schedule 'fast'"):
+        teacher.get_config("fast")
     config = _load("cifar100_wrn16_2.py").get_config()
     assert (config.num_epochs, config.batch_size, config.optimizer.learning_rate) == (240, 64, 0.05)
     assert tuple(config.optimizer.boundaries_epochs) == (150, 180, 210)
