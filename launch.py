@@ -12,6 +12,10 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow is only TFDS's reader here
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
+from vid_jax import host  # noqa: E402  (imports no JAX)
+
+host.use_all_cpu_cores()  # before JAX starts: one XLA CPU device per core
+
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 

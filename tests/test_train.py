@@ -256,8 +256,14 @@ def test_unknown_method(tmp_path):
 
 def test_batch_not_divisible_by_devices(tmp_path):
     with pytest.raises(ValueError, match="batch_size=6 is not divisible by the 4 devices"):
-        train.train_and_evaluate(tiny_config(batch_size=6), str(tmp_path / "run"),
-                                 dataset=tiny_dataset())
+        train.train_and_evaluate(tiny_config(batch_size=6, num_devices=4),
+                                 str(tmp_path / "run"), dataset=tiny_dataset())
+    assert not (tmp_path / "run").exists()
+    # Without num_devices, the mesh takes as many devices as divide both batch sizes.
+    assert train.prepare(tiny_config(batch_size=6, eval_batch_size=12),
+                         tiny_dataset()).mesh.size == 3
+    assert train.prepare(tiny_config(batch_size=6), tiny_dataset()).mesh.size == 2
+    assert train.prepare(tiny_config(), tiny_dataset()).mesh.size == 4
 
 
 # ---------------------------------------------------------------------------------------------

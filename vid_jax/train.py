@@ -46,13 +46,20 @@ class TrainState:
 # ---------------------------------------------------------------------------------------------
 # Devices and batches.
 
-def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
-    """A one-axis mesh over the first `num_devices` devices (all of them by default)."""
+def make_mesh(num_devices: int | None = None,
+              batch_sizes: Sequence[int] = ()) -> jax.sharding.Mesh:
+    """A one-axis mesh over the first `num_devices` devices; by default over as many as
+    divide every one of `batch_sizes` (all devices, when they divide them)."""
     devices = jax.devices()
     if num_devices:
         if num_devices > len(devices):
             raise ValueError(f"num_devices={num_devices}, but JAX sees only {len(devices)}.")
         devices = devices[:num_devices]
+    else:
+        # E.g. 6 host devices (vid_jax.host: one per core) and batch 64: use 4 of them.
+        count = max(n for n in range(1, len(devices) + 1)
+                    if all(b % n == 0 for b in batch_sizes))
+        devices = devices[:count]
     return jax.make_mesh((len(devices),), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
                          devices=devices)
 
@@ -346,7 +353,8 @@ def prepare(config: ml_collections.ConfigDict, dataset: data.Dataset | None = No
     distills = bool(config.get("teacher") and config.teacher.get("model"))
     dataset = dataset if dataset is not None else data.load_dataset(config.data)
     _resolved_data_config(config, dataset)
-    mesh = make_mesh(config.get("num_devices"))
+    mesh = make_mesh(config.get("num_devices"),
+                     (config.batch_size, config.get("eval_batch_size") or config.batch_size))
     _check_batch("batch_size", config.batch_size, mesh)
     _check_batch("eval_batch_size", config.get("eval_batch_size") or config.batch_size, mesh)
     image_shape = dataset.train.images.shape[1:]

@@ -13,6 +13,10 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow is only TFDS's reader here
 
+from vid_jax import host  # noqa: E402  (imports no JAX)
+
+host.use_all_cpu_cores()  # before JAX starts: one XLA CPU device per core
+
 from absl import app, flags, logging  # noqa: E402
 
 from vid_jax.experiments import GRIDS, SCALES, run_grid  # noqa: E402
