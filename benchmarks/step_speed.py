@@ -26,6 +26,10 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow is only TFDS's reader here
 
+from vid_jax import host  # noqa: E402  (imports no JAX)
+
+host.use_all_cpu_cores()  # as launch.py does: one XLA CPU device per core
+
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -34,12 +38,14 @@ from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 from vid_jax import augment, data, train  # noqa: E402
-from vid_jax.models import build_model  # noqa: E402
+from vid_jax.models import build_model, sown_layers  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE_SHAPE = (32, 32, 3)
 NUM_CLASSES = 10
-KINDS = ("teacher", "student", "vid_i")
+# teacher_forward: the frozen teacher's eval-mode forward alone, as inside the vid_i step (for
+# the breakdown vid_i = teacher forward + student step + distillation's own cost).
+KINDS = ("teacher", "student", "vid_i", "teacher_forward")
 
 _OUT = flags.DEFINE_string(
     "out", None, "Where the JSON results go (default: benchmarks/results/"
@@ -119,8 +125,57 @@ def init_teacher(config, seed: int, calibration_passes: int = 30):
 # ---------------------------------------------------------------------------------------------
 # Timing.
 
+def _time_steps(fn, args, steps: int, warmup: int, carry: bool) -> tuple[list[float], object]:
+    """Runs `fn` warmup + steps times (feeding its state back when `carry`), waiting for each
+    result; returns the timed steps' seconds and the last output."""
+    times, out = [], None
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        out = jax.block_until_ready(fn(*args))
+        if carry:
+            args = (out[0], *args[1:])
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return times, out
+
+
+def measure_teacher_forward(batch_size: int, steps: int, warmup: int, num_devices: int | None,
+                            seed: int) -> dict:
+    """The vid_i step's teacher part alone: normalise, eval-mode forward, sown layers."""
+    config = make_config("vid_i", batch_size, num_devices)
+    teacher, variables = init_teacher(config, seed + 1)
+    mesh = train.make_mesh(num_devices, (batch_size,))
+    mean, std = tuple(config.data.mean), tuple(config.data.std)
+
+    def forward(variables, images):
+        x = augment.normalize(images, mean, std)
+        _, sown = teacher.apply(variables, x, train=False, mutable=["intermediates"])
+        return sown_layers(sown["intermediates"])
+
+    images = np.random.default_rng([seed, batch_size]).integers(
+        0, 256, (batch_size, *IMAGE_SHAPE), dtype=np.uint8)
+    args = (jax.device_put(variables, NamedSharding(mesh, P())),
+            jax.device_put(images, NamedSharding(mesh, P(train.AXIS))))
+    t0 = time.perf_counter()
+    fn = jax.jit(jax.shard_map(forward, mesh=mesh, in_specs=(P(), P(train.AXIS)),
+                               out_specs=P(train.AXIS))).lower(*args).compile()
+    compile_seconds = time.perf_counter() - t0
+    times, _ = _time_steps(fn, args, steps, warmup, carry=False)
+    median, mean_time = statistics.median(times), statistics.fmean(times)
+    return {"step": "teacher_forward", "model": model_name(config.teacher.model),
+            "batch_size": batch_size, "distill": {},
+            "compile_seconds": round(compile_seconds, 3),
+            "median_step_seconds": round(median, 5), "mean_step_seconds": round(mean_time, 5),
+            "min_step_seconds": round(min(times), 5),
+            "images_per_sec": round(batch_size / median, 2),
+            "images_per_sec_mean": round(batch_size / mean_time, 2),
+            "steps": steps, "warmup": warmup, "devices": mesh.size}
+
+
 def measure(kind: str, batch_size: int, steps: int, warmup: int, num_devices: int | None,
             seed: int) -> dict:
+    if kind == "teacher_forward":
+        return measure_teacher_forward(batch_size, steps, warmup, num_devices, seed)
     config = make_config(kind, batch_size, num_devices)
     teacher, teacher_variables = init_teacher(config, seed + 1)
     rng = np.random.default_rng([seed, batch_size])
@@ -145,13 +200,8 @@ def measure(kind: str, batch_size: int, steps: int, warmup: int, num_devices: in
     step_fn = step.lower(state, teacher_variables, *batch).compile()
     compile_seconds = time.perf_counter() - t0
 
-    times = []
-    for i in range(warmup + steps):
-        t0 = time.perf_counter()
-        state, metrics = step_fn(state, teacher_variables, *batch)
-        jax.block_until_ready((state, metrics))
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
+    times, (state, metrics) = _time_steps(step_fn, (state, teacher_variables, *batch), steps,
+                                          warmup, carry=True)
     loss = float(metrics["loss"])
     if not np.isfinite(loss):
         raise FloatingPointError(f"{kind} at batch {batch_size}: the loss is {loss}.")
@@ -167,7 +217,8 @@ def measure(kind: str, batch_size: int, steps: int, warmup: int, num_devices: in
             "min_step_seconds": round(min(times), 5),
             "images_per_sec": round(batch_size / median, 2),
             "images_per_sec_mean": round(batch_size / mean, 2),
-            "steps": steps, "warmup": warmup, "final_loss": round(loss, 5)}
+            "steps": steps, "warmup": warmup, "final_loss": round(loss, 5),
+            "devices": mesh.size}
 
 
 def markdown_table(results: list[dict]) -> str:
