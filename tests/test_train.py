@@ -205,6 +205,17 @@ def test_distillation_with_unlabelled_images_reads_the_teacher(teacher_run, tmp_
     assert "vid_i_loss_at_start" not in lines[1]
 
 
+def test_evaluating_every_other_epoch(tmp_path):
+    config = tiny_config(num_epochs=3, eval_every_epochs=2)
+    summary = train.train_and_evaluate(config, str(tmp_path / "run"), dataset=tiny_dataset())
+    lines = read_metrics(str(tmp_path / "run" / "metrics.jsonl"))
+    assert ["test_accuracy" in line for line in lines] == [False, True, True]
+    assert summary["best_test_accuracy"] == max(lines[1]["test_accuracy"],
+                                                lines[2]["test_accuracy"])
+    assert summary["final_test_accuracy"] == lines[2]["test_accuracy"]
+    assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["2", "3"]
+
+
 def test_rerunning_a_finished_run_trains_nothing(teacher_run):
     workdir, summary = teacher_run
     before = os.path.getmtime(os.path.join(workdir, "metrics.jsonl"))

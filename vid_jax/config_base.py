@@ -44,7 +44,8 @@ def base_config() -> ml_collections.ConfigDict:
         name="sgd", learning_rate=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4,
         schedule="piecewise", boundaries_epochs=(60, 120, 160), decay_factor=0.2))
     config.head_optimizer = None  # None: the same as the student's
-    config.checkpoint_every_epochs = 1
+    config.checkpoint_every_epochs = 1  # saves at evaluated epochs that are multiples, and the last
+    config.eval_every_epochs = 1  # the last epoch is always evaluated
     config.progress_bar = True
     config.log_epochs = True
     return config

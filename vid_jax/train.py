@@ -490,18 +490,24 @@ def train_stage(run: Run, previous: TrainState, workdir: str,
         if epoch == 1:
             record.update(at_start)
         variables = {"params": state.params["student"], "batch_stats": state.batch_stats}
-        for split_name, split in (("test", dataset.test), ("validation", dataset.validation)):
-            if split is not None:
-                for k, v in evaluate(eval_step, variables, split, eval_batch,
-                                     batch_sharding).items():
-                    record[f"{split_name}_{k}"] = v
+        # Evaluating 10,000 test images can cost as much as an epoch on few training images:
+        # `eval_every_epochs` thins it out; the last epoch is always evaluated.
+        evaluated = epoch % config.get("eval_every_epochs", 1) == 0 or epoch == num_epochs
+        if evaluated:
+            for split_name, split in (("test", dataset.test), ("validation", dataset.validation)):
+                if split is not None:
+                    for k, v in evaluate(eval_step, variables, split, eval_batch,
+                                         batch_sharding).items():
+                        record[f"{split_name}_{k}"] = v
         writer.write(epoch, record)
-        if epoch % config.checkpoint_every_epochs == 0 or epoch == num_epochs:
+        # A save needs the accuracy that ranks the best checkpoint: only evaluated epochs.
+        if evaluated and (epoch % config.checkpoint_every_epochs == 0 or epoch == num_epochs):
             checkpoints.save(epoch, state, variables,
                              {"accuracy": record[f"{selection}_accuracy"]})
         if config.get("log_epochs", True):
+            test = f"  test_acc {record['test_accuracy']:.4f}" if evaluated else ""
             print(f"epoch {epoch:4d}  loss {record['loss']:.4f}  train_acc "
-                  f"{record['train_accuracy']:.4f}  test_acc {record['test_accuracy']:.4f}  "
+                  f"{record['train_accuracy']:.4f}{test}  "
                   f"{record['images_per_sec']:.0f} img/s", flush=True)
     writer.close()
     checkpoints.close()
@@ -520,13 +526,14 @@ def summarize(workdir: str, selection: str = "test") -> dict[str, Any]:
     any update), in the first epoch and in the last epoch, from a run's metrics.jsonl."""
     lines = read_metrics(os.path.join(workdir, MetricWriter.FILENAME))
     last = lines[-1]
-    best = max(lines, key=lambda line: line[f"{selection}_accuracy"])
+    evaluated = [line for line in lines if f"{selection}_accuracy" in line]
+    best = max(evaluated, key=lambda line: line[f"{selection}_accuracy"])
     not_terms = {"loss", "task_loss", "test_loss", "validation_loss"}
     term_losses = {k[:-len("_loss")]: {"first_step": lines[0].get(f"{k}_at_start"),
                                        "first_epoch": lines[0][k], "last_epoch": last[k]}
                    for k in last if k.endswith("_loss") and k not in not_terms}
     return {"epochs": last["epoch"], "final_test_accuracy": last["test_accuracy"],
-            "best_test_accuracy": max(line["test_accuracy"] for line in lines),
+            "best_test_accuracy": max(line["test_accuracy"] for line in evaluated),
             f"best_{selection}_epoch": best["epoch"],
             "test_accuracy_at_best_selection": best["test_accuracy"],
             "selected_by": selection, "term_losses": term_losses}

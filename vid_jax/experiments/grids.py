@@ -91,7 +91,9 @@ class Grid:
 def _small_schedule(config: ml_collections.ConfigDict, num_train_images: int) -> None:
     config.num_epochs = max(1, round(SMALL_SCALE_IMAGES / num_train_images))
     config.optimizer.schedule = "cosine"
-    config.checkpoint_every_epochs = max(1, config.num_epochs // 5)
+    # About 10 evaluations of the test set: at M=100, one costs about as much as an epoch.
+    config.eval_every_epochs = max(1, config.num_epochs // 10)
+    config.checkpoint_every_epochs = config.eval_every_epochs
 
 
 def _with_rows(config: ml_collections.ConfigDict, row: str,
