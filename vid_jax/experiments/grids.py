@@ -96,9 +96,9 @@ def _small_schedule(config: ml_collections.ConfigDict, num_train_images: int) ->
     config.checkpoint_every_epochs = config.eval_every_epochs
 
 
-def _with_rows(config: ml_collections.ConfigDict, row: str,
-               teacher: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    entries = TABLE_ROWS[row]
+def _with_terms(config: ml_collections.ConfigDict, entries: dict[str, dict[str, Any]],
+                teacher: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The row's distillation terms, and the teacher where it has any."""
     if entries:
         config.teacher = ml_collections.ConfigDict(teacher.to_dict())
     for name, entry in entries.items():
@@ -125,7 +125,7 @@ def _table1a(row: str, column: str, seed: int, scale: str) -> ml_collections.Con
     config.seed = config.data.subset_seed = seed  # seeds vary the subset too
     if scale == "small":
         _small_schedule(config, 10 * m)
-    return _with_rows(config, row, CIFAR10_TEACHER)
+    return _with_terms(config, TABLE_ROWS[row], CIFAR10_TEACHER)
 
 
 TABLE1A = Grid(
@@ -150,7 +150,7 @@ def _table1b(row: str, column: str, seed: int, scale: str) -> ml_collections.Con
     config.seed = config.data.subset_seed = seed
     if scale == "small":
         _small_schedule(config, 50_000)
-    return _with_rows(config, row, CIFAR10_TEACHER)
+    return _with_terms(config, TABLE_ROWS[row], CIFAR10_TEACHER)
 
 
 TABLE1B = Grid(
@@ -175,7 +175,7 @@ def _table2(row: str, column: str, seed: int, scale: str) -> ml_collections.Conf
     config.progress_bar = False
     if scale == "small":
         _small_schedule(config, 50_000)
-    return _with_rows(config, row, CIFAR100_TEACHER)
+    return _with_terms(config, TABLE_ROWS[row], CIFAR100_TEACHER)
 
 
 TABLE2 = Grid(
@@ -207,12 +207,7 @@ def _cnn_mlp(row: str, column: str, seed: int, scale: str) -> ml_collections.Con
     config.seed = seed
     if scale == "small":
         _small_schedule(config, 50_000)
-    entries = MLP_ROWS[row]
-    if entries:
-        config.teacher = ml_collections.ConfigDict(CIFAR10_TEACHER.to_dict())
-    for name, entry in entries.items():
-        config.distill[name] = dict(entry)
-    return config
+    return _with_terms(config, MLP_ROWS[row], CIFAR10_TEACHER)
 
 
 CNN_MLP = Grid(
