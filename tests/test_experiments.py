@@ -155,7 +155,11 @@ def test_the_module_lists_cells_and_refuses_unknown_grids():
     assert unknown.returncode == 2 and "grids: cifar10_table1, " in unknown.stderr
     bad_row = run("cifar10_table1", "--rows=vid", "--list")
     assert bad_row.returncode == 2 and "its rows are student" in bad_row.stderr
-    assert "Traceback" not in unknown.stderr + bad_row.stderr
+    typo = run("cifar10_table1", "--set=num_epoch=3", "--list")
+    assert typo.returncode == 2 and "have no field 'num_epoch'" in typo.stderr
+    assert "Traceback" not in unknown.stderr + bad_row.stderr + typo.stderr
+    changed = run("cifar10_table1", "--set=num_epochs=3", "--columns=M=100", "--rows=kd", "--list")
+    assert "/kd/M=100/seed0  3 epochs  distill: kd" in changed.stdout
 
 
 def test_rows_are_registered_methods():

@@ -51,6 +51,10 @@ def _apply_overrides(config, overrides):
         node = config
         for p in parents:
             node = node[p]
+        # New keys only where configs hold open maps (terms, stage lengths): a typo elsewhere
+        # must not pass silently.
+        if leaf not in node and parents[:1] not in (["distill"], ["stage_epochs"]):
+            raise ValueError(f"--set={item}: the cells' configs have no field {key!r}.")
         with node.unlocked():
             node[leaf] = value
 
@@ -82,7 +86,7 @@ def main(argv):
         command = "python -m vid_jax.experiments " + shlex.join(sys.argv[1:])
         report = run_grid(grid, cells, scale, workdir, results, command,
                           table_cells=table_cells)
-    except (ValueError, FileNotFoundError, KeyError) as e:
+    except (ValueError, FileNotFoundError, KeyError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     print(open(os.path.splitext(results)[0] + ".md").read())
