@@ -223,6 +223,8 @@ def measure(kind: str, batch_size: int, steps: int, warmup: int, seed: int,
 
 
 def markdown_table(results: list[dict]) -> str:
+    # step_speed.py's table with the first step for compile: that script imports JAX, which
+    # this virtualenv does not have.
     lines = ["| step | model | batch | first step (s) | median step (s) | images/s "
              "| images/s (mean) |", "|---|---|---:|---:|---:|---:|---:|"]
     for r in results:

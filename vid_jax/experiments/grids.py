@@ -96,9 +96,12 @@ def _small_schedule(config: ml_collections.ConfigDict, num_train_images: int) ->
     config.checkpoint_every_epochs = config.eval_every_epochs
 
 
-def _with_terms(config: ml_collections.ConfigDict, entries: dict[str, dict[str, Any]],
-                teacher: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The row's distillation terms, and the teacher where it has any."""
+def _finish(config: ml_collections.ConfigDict, scale: str, num_train_images: int,
+            entries: dict[str, dict[str, Any]],
+            teacher: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The scale's schedule, the row's distillation terms, and the teacher where it has any."""
+    if scale == "small":
+        _small_schedule(config, num_train_images)
     if entries:
         config.teacher = ml_collections.ConfigDict(teacher.to_dict())
     for name, entry in entries.items():
@@ -123,9 +126,7 @@ def _table1a(row: str, column: str, seed: int, scale: str) -> ml_collections.Con
     config.model.update(depth=16, width=1)
     config.data.images_per_class = m
     config.seed = config.data.subset_seed = seed  # seeds vary the subset too
-    if scale == "small":
-        _small_schedule(config, 10 * m)
-    return _with_terms(config, TABLE_ROWS[row], CIFAR10_TEACHER)
+    return _finish(config, scale, 10 * m, TABLE_ROWS[row], CIFAR10_TEACHER)
 
 
 TABLE1A = Grid(
@@ -148,9 +149,7 @@ def _table1b(row: str, column: str, seed: int, scale: str) -> ml_collections.Con
     config.model.update(depth=16, width=1)
     config.data.labels_per_class = n_l
     config.seed = config.data.subset_seed = seed
-    if scale == "small":
-        _small_schedule(config, 50_000)
-    return _with_terms(config, TABLE_ROWS[row], CIFAR10_TEACHER)
+    return _finish(config, scale, 50_000, TABLE_ROWS[row], CIFAR10_TEACHER)
 
 
 TABLE1B = Grid(
@@ -173,9 +172,7 @@ def _table2(row: str, column: str, seed: int, scale: str) -> ml_collections.Conf
     config.model.update(depth=depth, width=width)
     config.seed = seed
     config.progress_bar = False
-    if scale == "small":
-        _small_schedule(config, 50_000)
-    return _with_terms(config, TABLE_ROWS[row], CIFAR100_TEACHER)
+    return _finish(config, scale, 50_000, TABLE_ROWS[row], CIFAR100_TEACHER)
 
 
 TABLE2 = Grid(
@@ -203,11 +200,8 @@ MLP_ROWS = {
 def _cnn_mlp(row: str, column: str, seed: int, scale: str) -> ml_collections.ConfigDict:
     config = _cifar10(cifar10_recipe())
     config.model = ml_collections.ConfigDict(dict(name="mlp", hidden_sizes=(1024, 1024, 1024)))
-    config.augment.update(crop_padding=4, flip=True)
     config.seed = seed
-    if scale == "small":
-        _small_schedule(config, 50_000)
-    return _with_terms(config, MLP_ROWS[row], CIFAR10_TEACHER)
+    return _finish(config, scale, 50_000, MLP_ROWS[row], CIFAR10_TEACHER)
 
 
 CNN_MLP = Grid(

@@ -41,6 +41,11 @@ def cell_result(cell: Cell, summary: dict[str, Any], workdir: str) -> dict[str, 
             "epochs": summary["epochs"], "workdir": workdir}
 
 
+def _sample_std(values: np.ndarray) -> float:
+    """The spread a new seed would show (ddof=1); 0 for a single seed."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
 def aggregate(grid: Grid, results: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """row -> column -> {seeds, last/best mean and std (in %), paper} over the cells done."""
     table: dict[str, dict[str, Any]] = {}
@@ -51,12 +56,10 @@ def aggregate(grid: Grid, results: Sequence[dict[str, Any]]) -> dict[str, dict[s
                 continue
             last = 100 * np.array([r["final_test_accuracy"] for r in done])
             best = 100 * np.array([r["best_test_accuracy"] for r in done])
-            # Sample standard deviation: the spread a new seed would show (0 for one seed).
-            spread = (lambda x: float(np.std(x, ddof=1)) if len(x) > 1 else 0.0)
             table.setdefault(row, {})[column] = {
                 "seeds": [r["seed"] for r in done],
-                "last_mean": float(last.mean()), "last_std": spread(last),
-                "best_mean": float(best.mean()), "best_std": spread(best),
+                "last_mean": float(last.mean()), "last_std": _sample_std(last),
+                "best_mean": float(best.mean()), "best_std": _sample_std(best),
                 "paper": grid.paper.get((row, column))}
     return table
 
