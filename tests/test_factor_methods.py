@@ -311,7 +311,7 @@ class HeadsTest(chex.TestCase):
         x = _normal(np.random.default_rng(12), (4, 3, 3, 5), scale=4.0) + 2.0
         conn = factor_heads.ODConnector(7)
         variables = _jitted(conn.init, KEY, x)
-        self.assertNotIn("bias", variables["params"]["Conv_0"])
+        self.assertNotIn("bias", variables["params"]["conv"])
         out, _ = _jitted(conn.apply, variables, x, train=True, mutable=["batch_stats"])
         chex.assert_shape(out, (4, 3, 3, 7))
         np.testing.assert_allclose(out.mean(axis=(0, 1, 2)), 0.0, atol=1e-4)

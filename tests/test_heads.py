@@ -1,6 +1,7 @@
 """Tests for the parameterised distillation heads in vid_jax.heads."""
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +9,7 @@ import optax
 from absl.testing import absltest, parameterized
 
 from vid_jax import heads, losses
+from vid_jax.heads.pointwise import PointwiseConv
 
 
 def _normal(rng, shape, scale=1.0):
@@ -46,6 +48,42 @@ def _sgd_losses(head, variables, student, teacher, steps, lr):
         params, opt_state, loss = step(params, opt_state)
         first = loss if first is None else first
     return float(first), float(loss_fn(params)), {"params": params}
+
+
+class PointwiseConvTest(chex.TestCase):
+
+    @parameterized.parameters(True, False)
+    def test_same_params_and_outputs_as_a_1x1_conv(self, use_bias):
+        x = _normal(np.random.default_rng(30), (2, 5, 3, 4))
+        key = jax.random.PRNGKey(3)
+        pointwise = PointwiseConv(6, use_bias=use_bias)
+        conv = nn.Conv(6, (1, 1), use_bias=use_bias)
+        variables = pointwise.init(key, x)
+        # Same names, shapes and initial values: either module loads the other's variables.
+        chex.assert_trees_all_equal(variables, conv.init(key, x))
+        variables = jax.tree.map(lambda v: v + 0.1 * jnp.arange(v.size).reshape(v.shape),
+                                 variables)
+        chex.assert_trees_all_close(pointwise.apply(variables, x), conv.apply(variables, x),
+                                    rtol=1e-5, atol=1e-5)
+
+    def test_vector_input_is_dense_layer(self):
+        x = _normal(np.random.default_rng(31), (3, 4))
+        variables = PointwiseConv(2).init(jax.random.PRNGKey(0), x)
+        kernel, bias = variables["params"]["kernel"], variables["params"]["bias"]
+        out = PointwiseConv(2).apply(variables, x)
+        chex.assert_shape(out, (3, 2))
+        np.testing.assert_allclose(out, x @ np.asarray(kernel)[0, 0] + bias, rtol=1e-5)
+
+    def test_gradients_match_a_1x1_conv(self):
+        x = _normal(np.random.default_rng(32), (2, 4, 4, 3))
+        pointwise, conv = PointwiseConv(5), nn.Conv(5, (1, 1))
+        variables = conv.init(jax.random.PRNGKey(1), x)
+
+        def grads(module):
+            return jax.grad(lambda v, x: jnp.sum(jnp.sin(module.apply(v, x))),
+                            argnums=(0, 1))(variables, x)
+
+        chex.assert_trees_all_close(grads(pointwise), grads(conv), rtol=1e-4, atol=1e-5)
 
 
 class VIDHeadTest(chex.TestCase):

@@ -14,6 +14,7 @@ import math
 import flax.linen as nn
 import jax
 
+from vid_jax.heads.pointwise import PointwiseConv
 from vid_jax.losses import core as losses
 
 Array = jax.Array
@@ -61,7 +62,7 @@ class VIDHead(nn.Module):
             )
         hidden = self.hidden_channels or self.teacher_channels
         widths = [hidden] * (self.num_layers - 1) + [self.teacher_channels]
-        self.convs = [nn.Conv(width, kernel_size=(1, 1)) for width in widths]
+        self.convs = [PointwiseConv(width) for width in widths]
         # Inverse softplus, so softplus(alpha) + eps == init_variance at step 0.
         alpha0 = math.log(math.expm1(self.init_variance - self.eps))
         self.alpha = self.param(
@@ -82,16 +83,12 @@ class VIDHead(nn.Module):
             mean with the input's leading shape and C_t channels, and variance [C_t].
         """
         x = student_map
-        if x.ndim == 2:
-            x = x[:, None, None, :]
-        elif x.ndim != 4:
+        if x.ndim not in (2, 4):
             raise ValueError(f"VIDHead expects [B, D] or NHWC input, got {x.shape}.")
         for i, conv in enumerate(self.convs):
             if i > 0:
                 x = nn.relu(x)
             x = conv(x)
-        if student_map.ndim == 2:
-            x = x[:, 0, 0, :]
         return x, self.variance()
 
     def __call__(self, student_map: Array, teacher_map: Array) -> Array:
@@ -149,7 +146,10 @@ class FitNetHead(nn.Module):
         """
         student_map, teacher_map = losses.match_spatial(student_map, teacher_map)
         k = self.kernel_size
-        regressor = nn.Conv(self.teacher_channels, (k, k), padding="SAME", name="regressor")
+        if k == 1:
+            regressor = PointwiseConv(self.teacher_channels, name="regressor")
+        else:
+            regressor = nn.Conv(self.teacher_channels, (k, k), padding="SAME", name="regressor")
         regressed = regressor(student_map)
         return losses.fitnet_hint_loss(regressed, teacher_map)
 

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vid_jax.heads.pointwise import PointwiseConv
 from vid_jax.losses import factors as factor_losses
 
 Array = jax.Array
@@ -116,7 +117,7 @@ class ODConnector(nn.Module):
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         """[B, H, W, C_s] -> [B, H, W, channels]."""
-        x = nn.Conv(self.channels, (1, 1), use_bias=False, kernel_init=conv_init)(x)
+        x = PointwiseConv(self.channels, use_bias=False, kernel_init=conv_init, name="conv")(x)
         return _batch_norm(train, self.axis_name)(x)
 
 

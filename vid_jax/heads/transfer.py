@@ -9,6 +9,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
+from vid_jax.heads.pointwise import PointwiseConv
 from vid_jax.losses import core as losses
 from vid_jax.losses import transfer as transfer_losses
 
@@ -39,16 +40,13 @@ class Connector(nn.Module):
     def __call__(self, x: Array, train: bool = False, axis_name: str | None = None) -> Array:
         """Args: x [B, H, W, C_s] or [B, C_s]; train: use batch statistics (and update the
         running ones); axis_name: the data-parallel axis to average batch statistics over."""
-        vector = x.ndim == 2
-        if vector:
-            x = x[:, None, None, :]
-        y = nn.Conv(self.channels, (1, 1), use_bias=False, kernel_init=connector_init,
-                    name="conv")(x)
+        y = PointwiseConv(self.channels, use_bias=False, kernel_init=connector_init,
+                          name="conv")(x)
         if self.batch_norm:
             y = nn.BatchNorm(use_running_average=not train, momentum=self.momentum,
                              epsilon=1e-5, axis_name=axis_name if train else None,
                              name="bn")(y)
-        return y[:, 0, 0, :] if vector else y
+        return y
 
 
 class ABHead(nn.Module):
