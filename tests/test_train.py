@@ -320,3 +320,27 @@ def test_a_killed_run_resumes_to_the_state_of_an_uninterrupted_one(teacher_run, 
                                  for line in lines]
     assert drop_timing(read_metrics(str(killed / "metrics.jsonl"))) == drop_timing(
         read_metrics(str(whole / "metrics.jsonl")))
+
+
+def test_load_variables_from_a_run_on_another_device_count(tmp_path):
+    """A teacher saved by a 2-device process loads in this one (4 devices), onto one device:
+    orbax alone refuses to restore a checkpoint saved with another topology."""
+    script = textwrap.dedent(f"""
+        import os
+        os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+        import jax, numpy as np
+        from jax.sharding import NamedSharding, PartitionSpec as P
+        from vid_jax.checkpoints import Checkpoints
+        mesh = jax.make_mesh((2,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+        variables = jax.device_put({{"params": {{"w": np.arange(6.0).reshape(2, 3)}},
+                                     "batch_stats": {{"m": np.ones(3)}}}},
+                                    NamedSharding(mesh, P()))
+        ckpt = Checkpoints({str(tmp_path)!r})
+        ckpt.save(1, variables, variables, {{"accuracy": 0.5}})
+        ckpt.close()
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, env={**os.environ, "XLA_FLAGS": ""})
+    variables = load_variables(str(tmp_path))
+    np.testing.assert_array_equal(variables["params"]["w"], np.arange(6.0).reshape(2, 3))
+    np.testing.assert_array_equal(variables["batch_stats"]["m"], np.ones(3))
+    assert variables["params"]["w"].sharding.device_set == {jax.local_devices()[0]}

@@ -7,6 +7,7 @@
 import os
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 
 
@@ -54,9 +55,14 @@ def load_variables(workdir: str, which: str = "best") -> dict[str, Any]:
     """Loads the model variables {params, batch_stats} a run saved (its best epoch by default);
     `which="checkpoints"` loads the whole train state of the latest epoch instead."""
     directory = checkpoint_directory(workdir, which)
-    with ocp.CheckpointManager(directory) as manager:
+    with ocp.CheckpointManager(directory, item_handlers=ocp.StandardCheckpointHandler()) as manager:
         epoch = manager.best_step() if which == "best" else manager.latest_step()
         if epoch is None:
             raise FileNotFoundError(f"{directory} holds no finished checkpoint; the run that "
                                     "writes it was interrupted before its first save.")
-        return manager.restore(epoch, args=ocp.args.StandardRestore())
+        # Restore onto one local device whatever mesh saved it (a teacher trained on 2 XLA
+        # devices loads in a 1-device process): orbax refuses a different topology otherwise.
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+                              dict(manager.item_metadata(epoch)))
+        return manager.restore(epoch, args=ocp.args.StandardRestore(target))
