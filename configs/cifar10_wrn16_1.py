@@ -30,7 +30,7 @@ def get_config(row: str = "vid_i") -> ml_collections.ConfigDict:
     config.model.update(depth=16, width=1)
     if ROWS[row]:
         config.teacher.model = ml_collections.ConfigDict(dict(name="wrn", depth=40, width=2))
-        config.teacher.workdir = "workdirs/cifar10_wrn40_2"
+        config.teacher.workdir = "teachers/cifar10_wrn40_2"  # committed (teachers/README.md)
     for name, entry in ROWS[row].items():
         config.distill[name] = entry
     return config
