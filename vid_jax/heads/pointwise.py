@@ -20,7 +20,8 @@ class PointwiseConv(nn.Module):
     Why not `nn.Conv` or `nn.Dense`: the positions are flattened to one axis first, so the
     weight gradient is a single [C_in, N] x [N, C_out] product. On XLA CPU the gradient of a
     1x1 convolution, or of a dense layer applied to a 4-D map (a dot contracting over B, H and
-    W), runs about 3x slower than that (benchmarks/README.md, "Heads").
+    W), runs 2.3-4.6x slower than that (benchmarks/head_speed.py; benchmarks/README.md,
+    "VID-I's heads").
 
     Attributes:
         features: output channels.
