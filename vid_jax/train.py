@@ -256,15 +256,47 @@ def evaluate(eval_step, variables, split: data.Split, batch_size: int,
              sharding: NamedSharding) -> dict[str, float]:
     """Accuracy and loss over a whole split; the last batch is padded and masked, not dropped."""
     n = len(split)
-    correct = loss = 0.0
+    totals = MetricSums()
     for start in range(0, n, batch_size):
         idx = np.arange(start, start + batch_size)
         valid = idx < n
         idx = np.where(valid, idx, 0)
         batch = jax.device_put((split.images[idx], split.labels[idx], valid), sharding)
         batch_correct, batch_loss = eval_step(variables, *batch)
-        correct, loss = correct + batch_correct, loss + batch_loss
-    return {"accuracy": float(correct) / n, "loss": float(loss) / n}
+        totals.add({"correct": batch_correct, "loss": batch_loss})
+    sums = totals.result()
+    return {"accuracy": sums["correct"] / n, "loss": sums["loss"] / n}
+
+
+class MetricSums:
+    """Sums per-step metrics on the host while keeping at most two steps in flight.
+
+    `add(metrics)` of step n fetches step n-1's metrics, so the host waits for step n-1 while
+    step n runs and prepares batch n+1 meanwhile. Why bounded: a loop that never waits
+    queues thousands of steps, and on several XLA CPU devices one device's all-reduce then
+    waited more than 40 s for the other and XLA aborted the process ("Termination timeout for
+    all reduce ... only 1 of them arrived"); benchmarks/dispatch_depth.py reproduces it. Sums
+    are float64 on the host, so thousands of steps add up without float32 round-off.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Any] | None = None
+        self._sums: dict[str, float] = {}
+
+    def _fetch_pending(self) -> None:
+        if self._pending is not None:
+            for k, v in jax.device_get(self._pending).items():
+                self._sums[k] = self._sums.get(k, 0.0) + float(v)
+            self._pending = None
+
+    def add(self, metrics: dict[str, Any]) -> None:
+        self._fetch_pending()
+        self._pending = metrics
+
+    def result(self) -> dict[str, float]:
+        """The sums of every added step (waits for the last one)."""
+        self._fetch_pending()
+        return dict(self._sums)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -469,17 +501,17 @@ def train_stage(run: Run, previous: TrainState, workdir: str,
 
     for epoch in range(start_epoch + 1, num_epochs + 1):
         t0 = time.perf_counter()
-        totals = None
+        sums = MetricSums()
         first_step = (epoch - 1) * sampler.steps_per_epoch
         for step in tqdm(range(first_step, first_step + sampler.steps_per_epoch),
                          desc=f"epoch {epoch}/{num_epochs}", leave=False,
                          disable=not config.get("progress_bar", True)):
             state, metrics = train_step(state, teacher_variables, *batch(step))
-            totals = metrics if totals is None else jax.tree.map(jnp.add, totals, metrics)
+            sums.add(metrics)
             if step == 0:  # the losses of the weights the stage starts from
                 at_start = {f"{k}_at_start": float(v) for k, v in jax.device_get(metrics).items()
                             if k.endswith("_loss")}
-        totals = jax.device_get(totals)
+        totals = sums.result()
         seconds = time.perf_counter() - t0
         record = {k: float(v) / sampler.steps_per_epoch for k, v in totals.items()
                   if k not in ("train_correct", "train_labelled")}
