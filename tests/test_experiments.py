@@ -160,6 +160,16 @@ def test_the_module_lists_cells_and_refuses_unknown_grids():
     assert "Traceback" not in unknown.stderr + bad_row.stderr + typo.stderr
     changed = run("cifar10_table1", "--set=num_epochs=3", "--columns=M=100", "--rows=kd", "--list")
     assert "/kd/M=100/seed0  3 epochs  distill: kd" in changed.stdout
+    # A term's field reaches the rows with that term, and only those.
+    weighted = run("cifar10_table1", "--set=distill.vid_i.weight=4.0", "--columns=M=100",
+                   "--rows=student,vid_i", "--seeds=0", "--list")
+    assert weighted.returncode == 0, weighted.stderr
+    assert weighted.stdout.splitlines()[0].endswith("/student/M=100/seed0  61 epochs  distill: -")
+    assert weighted.stdout.splitlines()[1].endswith("distill: vid_i (weight 4.0)")
+    no_term = run("cifar10_table1", "--set=distill.vid_i.weight=4.0", "--rows=kd", "--list")
+    assert no_term.returncode == 2
+    assert "no row to run has the distillation term 'vid_i'" in no_term.stderr
+    assert "Traceback" not in weighted.stderr + no_term.stderr
 
 
 def test_rows_are_registered_methods():

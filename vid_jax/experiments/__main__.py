@@ -38,7 +38,12 @@ _OVERRIDES = flags.DEFINE_multi_string("set", [], "key=value set in every cell's
 _LIST = flags.DEFINE_bool("list", False, "Print the cells and their workdirs; train nothing.")
 
 
-def _apply_overrides(config, overrides):
+def _apply_overrides(config, overrides) -> set[str]:
+    """Sets each key=value in `config`; returns the overrides it applied.
+
+    A field of a distillation term (`distill.vid_i.weight=4`) is set only in the rows that
+    have that term: the other rows of the table stay as they are."""
+    applied = set()
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep:
@@ -48,8 +53,13 @@ def _apply_overrides(config, overrides):
         except (ValueError, SyntaxError):
             value = text  # a bare string such as cosine
         *parents, leaf = key.split(".")
+        if len(parents) >= 2 and parents[0] == "distill" and parents[1] not in config.distill:
+            continue
         node = config
         for p in parents:
+            if p not in node:
+                raise ValueError(f"--set={item}: the cells' configs have no field "
+                                 f"{'.'.join(parents[:parents.index(p) + 1])!r}.")
             node = node[p]
         # New keys only where configs hold open maps (terms, stage lengths): a typo elsewhere
         # must not pass silently.
@@ -57,6 +67,8 @@ def _apply_overrides(config, overrides):
             raise ValueError(f"--set={item}: the cells' configs have no field {key!r}.")
         with node.unlocked():
             node[leaf] = value
+        applied.add(item)
+    return applied
 
 
 def main(argv):
@@ -71,17 +83,27 @@ def main(argv):
         seeds = [int(s) for s in _SEEDS.value] if _SEEDS.value else None
         cells = grid.cells(scale, _ROWS.value, _COLUMNS.value, seeds)
         table_cells = grid.cells(scale, seeds=sorted(set(grid.seeds) | set(seeds or [])))
-        for cell in [*cells, *table_cells]:
-            _apply_overrides(cell.config, _OVERRIDES.value)
+        applied = set()  # by the cells to run (the table's cells only read results)
+        for i, cell in enumerate([*cells, *table_cells]):
+            overridden = _apply_overrides(cell.config, _OVERRIDES.value)
+            if i < len(cells):
+                applied |= overridden
             if _TEACHER.value and cell.config.teacher.get("model"):
                 cell.config.teacher.workdir = _TEACHER.value
+        for item in _OVERRIDES.value:
+            if item not in applied:
+                term = item.split(".")[1]
+                raise ValueError(f"--set={item}: no row to run has the distillation term "
+                                 f"{term!r}; pick rows that do with --rows.")
         name = f"{grid.name}_{scale}"
         workdir = _WORKDIR.value or os.path.join("workdirs", "experiments", name)
         results = _RESULTS.value or os.path.join("results", f"{name}.json")
         if _LIST.value:
+            terms = lambda config: ", ".join(f"{name} (weight {entry.get('weight', 1.0)})"
+                                             for name, entry in config.distill.items())
             for cell in cells:
                 print(f"{os.path.join(workdir, cell.path)}  {cell.config.num_epochs} epochs  "
-                      f"distill: {', '.join(cell.config.distill) or '-'}")
+                      f"distill: {terms(cell.config) or '-'}")
             return
         command = "python -m vid_jax.experiments " + shlex.join(sys.argv[1:])
         report = run_grid(grid, cells, scale, workdir, results, command,
