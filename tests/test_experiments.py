@@ -86,6 +86,10 @@ def test_an_interrupted_grid_resumes_and_tabulates_every_cell(tmp_path):
     assert len(calls) == 3
     partial = json.load(open(results))
     assert len(partial["cells"]) == 3  # the table of what was done survives the interruption
+    # One seed has no spread: none is shown rather than a made-up 0.00.
+    assert partial["table"]["student"]["b"]["last_std"] is None
+    assert "| student | 55.00 +- 7.07 / 60.00 [2] (-) | 51.00 / 56.00 [1] (-) |" in open(
+        str(tmp_path / "r" / "toy.md")).read()
 
     report = run_grid(grid, cells, "small", workdir, results, "cmd", _fake_train(calls))
     assert len(calls) == 8 and len(set(calls)) == 8  # the 5 others, none twice

@@ -41,9 +41,9 @@ def cell_result(cell: Cell, summary: dict[str, Any], workdir: str) -> dict[str, 
             "epochs": summary["epochs"], "workdir": workdir}
 
 
-def _sample_std(values: np.ndarray) -> float:
-    """The spread a new seed would show (ddof=1); 0 for a single seed."""
-    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+def _sample_std(values: np.ndarray) -> float | None:
+    """The spread a new seed would show (ddof=1); None for a single seed, which has none."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else None
 
 
 def aggregate(grid: Grid, results: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -68,7 +68,8 @@ def markdown(grid: Grid, scale: str, table: dict[str, dict[str, Any]], command: 
     """The table: per cell, last-epoch mean +- std over seeds / best-epoch mean (paper)."""
     columns = [c for c in grid.columns if any(c in table.get(r, {}) for r in grid.rows)]
     lines = [f"# {grid.title}", "", f"Scale: {scale}. Made by `{command}`.", "",
-             "Each cell: test accuracy (%) of the last epoch, mean +- sample std over seeds / "
+             "Each cell: test accuracy (%) of the last epoch, mean +- sample std over seeds (none "
+             "for one seed) / "
              "mean of each seed's best epoch [n seeds] (the paper's number, where transcribed).",
              "", "| method | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for row in grid.rows:
@@ -81,7 +82,8 @@ def markdown(grid: Grid, scale: str, table: dict[str, dict[str, Any]], command: 
                 cells.append("")
                 continue
             paper = "-" if c["paper"] is None else f"{c['paper']:.2f}"
-            cells.append(f"{c['last_mean']:.2f} +- {c['last_std']:.2f} / {c['best_mean']:.2f} "
+            spread = "" if c["last_std"] is None else f" +- {c['last_std']:.2f}"
+            cells.append(f"{c['last_mean']:.2f}{spread} / {c['best_mean']:.2f} "
                          f"[{len(c['seeds'])}] ({paper})")
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     if grid.notes:
