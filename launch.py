@@ -29,7 +29,8 @@ _DEBUG = flags.DEFINE_bool(
 flags.mark_flags_as_required(["config"])
 
 # Errors that mean the input is wrong, not the code: shown as one message, no traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, data.DatasetUnavailableError)
+USER_ERRORS = (ValueError, FileNotFoundError, data.DatasetUnavailableError,
+               train.TrainingDiverged)
 
 
 def main(argv):

@@ -223,6 +223,19 @@ def test_distillation_with_unlabelled_images_reads_the_teacher(teacher_run, tmp_
     assert "vid_i_loss_at_start" not in lines[1]
 
 
+def test_a_diverged_run_stops_with_what_blew_up_and_writes_nothing_of_that_epoch(tmp_path):
+    workdir = tmp_path / "run"
+    train.train_and_evaluate(tiny_config(num_epochs=1), str(workdir), dataset=tiny_dataset())
+    # Resumed from epoch 1 with a learning rate no network survives.
+    config = tiny_config(num_epochs=3)
+    config.optimizer.learning_rate = 1e12
+    with pytest.raises(train.TrainingDiverged, match=r"diverged in epoch 2: .*task_loss nan"):
+        train.train_and_evaluate(config, str(workdir), dataset=tiny_dataset())
+    assert [line["epoch"] for line in read_metrics(str(workdir / "metrics.jsonl"))] == [1]
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["1"]
+    assert load_variables(str(workdir))  # the checkpoint before it still loads
+
+
 def test_evaluating_every_other_epoch(tmp_path):
     config = tiny_config(num_epochs=3, eval_every_epochs=2)
     summary = train.train_and_evaluate(config, str(tmp_path / "run"), dataset=tiny_dataset())

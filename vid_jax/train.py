@@ -268,6 +268,23 @@ def evaluate(eval_step, variables, split: data.Split, batch_size: int,
     return {"accuracy": sums["correct"] / n, "loss": sums["loss"] / n}
 
 
+class TrainingDiverged(FloatingPointError):
+    """An epoch's summed losses are not finite."""
+
+
+def check_finite(totals: dict[str, float], epoch: int, workdir: str) -> None:
+    """Stops a run whose loss became NaN or infinite, before that epoch writes anything."""
+    losses = {k: v for k, v in totals.items() if k.endswith("loss")}
+    if all(np.isfinite(v) for v in losses.values()):
+        return
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in sorted(losses.items()))
+    raise TrainingDiverged(
+        f"training diverged in epoch {epoch}: the losses summed over its steps are {shown}. "
+        f"{workdir} keeps the metrics and checkpoints of the epochs before it. Lower "
+        "config.optimizer.learning_rate or the weight of the term that blew up "
+        "(config.distill.<term>.weight) and train in a new workdir.")
+
+
 class MetricSums:
     """Sums per-step metrics on the host while keeping at most two steps in flight.
 
@@ -499,50 +516,56 @@ def train_stage(run: Run, previous: TrainState, workdir: str,
     eval_step = make_eval_step(run.student, mesh, config)
     selection = "validation" if dataset.validation is not None else "test"
 
-    for epoch in range(start_epoch + 1, num_epochs + 1):
-        t0 = time.perf_counter()
-        sums = MetricSums()
-        first_step = (epoch - 1) * sampler.steps_per_epoch
-        for step in tqdm(range(first_step, first_step + sampler.steps_per_epoch),
-                         desc=f"epoch {epoch}/{num_epochs}", leave=False,
-                         disable=not config.get("progress_bar", True)):
-            state, metrics = train_step(state, teacher_variables, *batch(step))
-            sums.add(metrics)
-            if step == 0:  # the losses of the weights the stage starts from
-                at_start = {f"{k}_at_start": float(v) for k, v in jax.device_get(metrics).items()
-                            if k.endswith("_loss")}
-        totals = sums.result()
-        seconds = time.perf_counter() - t0
-        record = {k: float(v) / sampler.steps_per_epoch for k, v in totals.items()
-                  if k not in ("train_correct", "train_labelled")}
-        record["train_accuracy"] = float(totals["train_correct"]) / max(
-            float(totals["train_labelled"]), 1.0)
-        record["learning_rate"] = float(schedule(int(state.step) - 1))
-        record["images_per_sec"] = sampler.steps_per_epoch * config.batch_size / seconds
-        if epoch == 1:
-            record.update(at_start)
-        variables = {"params": state.params["student"], "batch_stats": state.batch_stats}
-        # Evaluating 10,000 test images can cost as much as an epoch on few training images:
-        # `eval_every_epochs` thins it out; the last epoch is always evaluated.
-        evaluated = epoch % config.get("eval_every_epochs", 1) == 0 or epoch == num_epochs
-        if evaluated:
-            for split_name, split in (("test", dataset.test), ("validation", dataset.validation)):
-                if split is not None:
-                    for k, v in evaluate(eval_step, variables, split, eval_batch,
-                                         batch_sharding).items():
-                        record[f"{split_name}_{k}"] = v
-        writer.write(epoch, record)
-        # A save needs the accuracy that ranks the best checkpoint: only evaluated epochs.
-        if evaluated and (epoch % config.checkpoint_every_epochs == 0 or epoch == num_epochs):
-            checkpoints.save(epoch, state, variables,
-                             {"accuracy": record[f"{selection}_accuracy"]})
-        if config.get("log_epochs", True):
-            test = f"  test_acc {record['test_accuracy']:.4f}" if evaluated else ""
-            print(f"epoch {epoch:4d}  loss {record['loss']:.4f}  train_acc "
-                  f"{record['train_accuracy']:.4f}{test}  "
-                  f"{record['images_per_sec']:.0f} img/s", flush=True)
-    writer.close()
-    checkpoints.close()
+    # Closed also on an error, so the checkpoints saved so far are complete.
+    try:
+        for epoch in range(start_epoch + 1, num_epochs + 1):
+            t0 = time.perf_counter()
+            sums = MetricSums()
+            first_step = (epoch - 1) * sampler.steps_per_epoch
+            for step in tqdm(range(first_step, first_step + sampler.steps_per_epoch),
+                             desc=f"epoch {epoch}/{num_epochs}", leave=False,
+                             disable=not config.get("progress_bar", True)):
+                state, metrics = train_step(state, teacher_variables, *batch(step))
+                sums.add(metrics)
+                if step == 0:  # the losses of the weights the stage starts from
+                    at_start = {f"{k}_at_start": float(v)
+                                for k, v in jax.device_get(metrics).items()
+                                if k.endswith("_loss")}
+            totals = sums.result()
+            check_finite(totals, epoch, workdir)
+            seconds = time.perf_counter() - t0
+            record = {k: float(v) / sampler.steps_per_epoch for k, v in totals.items()
+                      if k not in ("train_correct", "train_labelled")}
+            record["train_accuracy"] = float(totals["train_correct"]) / max(
+                float(totals["train_labelled"]), 1.0)
+            record["learning_rate"] = float(schedule(int(state.step) - 1))
+            record["images_per_sec"] = sampler.steps_per_epoch * config.batch_size / seconds
+            if epoch == 1:
+                record.update(at_start)
+            variables = {"params": state.params["student"], "batch_stats": state.batch_stats}
+            # Evaluating 10,000 test images can cost as much as an epoch on few training images:
+            # `eval_every_epochs` thins it out; the last epoch is always evaluated.
+            evaluated = epoch % config.get("eval_every_epochs", 1) == 0 or epoch == num_epochs
+            if evaluated:
+                for split_name, split in (("test", dataset.test),
+                                          ("validation", dataset.validation)):
+                    if split is not None:
+                        for k, v in evaluate(eval_step, variables, split, eval_batch,
+                                             batch_sharding).items():
+                            record[f"{split_name}_{k}"] = v
+            writer.write(epoch, record)
+            # A save needs the accuracy that ranks the best checkpoint: only evaluated epochs.
+            if evaluated and (epoch % config.checkpoint_every_epochs == 0 or epoch == num_epochs):
+                checkpoints.save(epoch, state, variables,
+                                 {"accuracy": record[f"{selection}_accuracy"]})
+            if config.get("log_epochs", True):
+                test = f"  test_acc {record['test_accuracy']:.4f}" if evaluated else ""
+                print(f"epoch {epoch:4d}  loss {record['loss']:.4f}  train_acc "
+                      f"{record['train_accuracy']:.4f}{test}  "
+                      f"{record['images_per_sec']:.0f} img/s", flush=True)
+    finally:
+        writer.close()
+        checkpoints.close()
 
     summary = summarize(workdir, selection)
     num_params = sum(x.size for x in jax.tree.leaves(state.params["student"]))

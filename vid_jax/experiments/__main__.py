@@ -108,7 +108,7 @@ def main(argv):
         command = "python -m vid_jax.experiments " + shlex.join(sys.argv[1:])
         report = run_grid(grid, cells, scale, workdir, results, command,
                           table_cells=table_cells)
-    except (ValueError, FileNotFoundError, KeyError, TypeError) as e:
+    except (ValueError, FileNotFoundError, KeyError, TypeError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     print(open(os.path.splitext(results)[0] + ".md").read())
