@@ -38,12 +38,32 @@ _OVERRIDES = flags.DEFINE_multi_string("set", [], "key=value set in every cell's
 _LIST = flags.DEFINE_bool("list", False, "Print the cells and their workdirs; train nothing.")
 
 
-def _apply_overrides(config, overrides) -> set[str]:
-    """Sets each key=value in `config`; returns the overrides it applied.
+def _term_of(item: str) -> str | None:
+    """The distillation term a --set item changes (`distill.vid_i.weight=4` -> vid_i)."""
+    parts = item.partition("=")[0].split(".")
+    return parts[1] if len(parts) >= 3 and parts[0] == "distill" else None
+
+
+def _check_terms_are_run(cells, overrides) -> None:
+    """A term's field set where no row to run has that term would change nothing: an error."""
+    for item in overrides:
+        term = _term_of(item)
+        if term is not None and not any(term in cell.config.distill for cell in cells):
+            raise ValueError(f"--set={item}: no row to run has the distillation term "
+                             f"{term!r}; pick rows that do with --rows.")
+
+
+def _describe_terms(config) -> str:
+    """`kd (weight 1.0), vid_i (weight 4.0)`, or `-` for a student alone."""
+    return ", ".join(f"{term} (weight {entry.get('weight', 1.0)})"
+                     for term, entry in config.distill.items()) or "-"
+
+
+def _apply_overrides(config, overrides) -> None:
+    """Sets each key=value in `config`.
 
     A field of a distillation term (`distill.vid_i.weight=4`) is set only in the rows that
     have that term: the other rows of the table stay as they are."""
-    applied = set()
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep:
@@ -53,7 +73,8 @@ def _apply_overrides(config, overrides) -> set[str]:
         except (ValueError, SyntaxError):
             value = text  # a bare string such as cosine
         *parents, leaf = key.split(".")
-        if len(parents) >= 2 and parents[0] == "distill" and parents[1] not in config.distill:
+        term = _term_of(item)
+        if term is not None and term not in config.distill:
             continue
         node = config
         for p in parents:
@@ -67,8 +88,6 @@ def _apply_overrides(config, overrides) -> set[str]:
             raise ValueError(f"--set={item}: the cells' configs have no field {key!r}.")
         with node.unlocked():
             node[leaf] = value
-        applied.add(item)
-    return applied
 
 
 def main(argv):
@@ -83,32 +102,24 @@ def main(argv):
         seeds = [int(s) for s in _SEEDS.value] if _SEEDS.value else None
         cells = grid.cells(scale, _ROWS.value, _COLUMNS.value, seeds)
         table_cells = grid.cells(scale, seeds=sorted(set(grid.seeds) | set(seeds or [])))
-        applied = set()  # by the cells to run (the table's cells only read results)
-        for i, cell in enumerate([*cells, *table_cells]):
-            overridden = _apply_overrides(cell.config, _OVERRIDES.value)
-            if i < len(cells):
-                applied |= overridden
+        _check_terms_are_run(cells, _OVERRIDES.value)
+        for cell in [*cells, *table_cells]:
+            _apply_overrides(cell.config, _OVERRIDES.value)
             if _TEACHER.value and cell.config.teacher.get("model"):
                 cell.config.teacher.workdir = _TEACHER.value
-        for item in _OVERRIDES.value:
-            if item not in applied:
-                term = item.split(".")[1]
-                raise ValueError(f"--set={item}: no row to run has the distillation term "
-                                 f"{term!r}; pick rows that do with --rows.")
         name = f"{grid.name}_{scale}"
         workdir = _WORKDIR.value or os.path.join("workdirs", "experiments", name)
         results = _RESULTS.value or os.path.join("results", f"{name}.json")
         if _LIST.value:
-            terms = lambda config: ", ".join(f"{name} (weight {entry.get('weight', 1.0)})"
-                                             for name, entry in config.distill.items())
             for cell in cells:
                 print(f"{os.path.join(workdir, cell.path)}  {cell.config.num_epochs} epochs  "
-                      f"distill: {terms(cell.config) or '-'}")
+                      f"distill: {_describe_terms(cell.config)}")
             return
         command = "python -m vid_jax.experiments " + shlex.join(sys.argv[1:])
         report = run_grid(grid, cells, scale, workdir, results, command,
                           table_cells=table_cells)
-    except (ValueError, FileNotFoundError, KeyError, TypeError, FloatingPointError) as e:
+    except (ValueError, FileNotFoundError, KeyError, TypeError,
+            FloatingPointError) as e:  # FloatingPointError: train.TrainingDiverged
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     print(open(os.path.splitext(results)[0] + ".md").read())
