@@ -125,18 +125,31 @@ def init_teacher(config, seed: int, calibration_passes: int = 30):
 # ---------------------------------------------------------------------------------------------
 # Timing.
 
-def _time_steps(fn, args, steps: int, warmup: int, carry: bool) -> tuple[list[float], object]:
+def _cpu_seconds() -> float:
+    """This process's CPU time, all threads, user + system."""
+    t = os.times()
+    return t.user + t.system
+
+
+def _time_steps(fn, args, steps: int, warmup: int,
+                carry: bool) -> tuple[list[float], object, float]:
     """Runs `fn` warmup + steps times (feeding its state back when `carry`), waiting for each
-    result; returns the timed steps' seconds and the last output."""
+    result; returns the timed steps' seconds, the last output, and the cores kept busy over the
+    timed steps (CPU seconds / wall seconds: up to the core count; a thread spinning at an
+    all-reduce counts as busy)."""
     times, out = [], None
+    cpu0 = wall0 = None
     for i in range(warmup + steps):
+        if i == warmup:
+            cpu0, wall0 = _cpu_seconds(), time.perf_counter()
         t0 = time.perf_counter()
         out = jax.block_until_ready(fn(*args))
         if carry:
             args = (out[0], *args[1:])
         if i >= warmup:
             times.append(time.perf_counter() - t0)
-    return times, out
+    cores_busy = (_cpu_seconds() - cpu0) / (time.perf_counter() - wall0)
+    return times, out, cores_busy
 
 
 def measure_teacher_forward(batch_size: int, steps: int, warmup: int, num_devices: int | None,
@@ -160,7 +173,7 @@ def measure_teacher_forward(batch_size: int, steps: int, warmup: int, num_device
     fn = jax.jit(jax.shard_map(forward, mesh=mesh, in_specs=(P(), P(train.AXIS)),
                                out_specs=P(train.AXIS))).lower(*args).compile()
     compile_seconds = time.perf_counter() - t0
-    times, _ = _time_steps(fn, args, steps, warmup, carry=False)
+    times, _, cores_busy = _time_steps(fn, args, steps, warmup, carry=False)
     median, mean_time = statistics.median(times), statistics.fmean(times)
     return {"step": "teacher_forward", "model": model_name(config.teacher.model),
             "batch_size": batch_size, "distill": {},
@@ -169,7 +182,8 @@ def measure_teacher_forward(batch_size: int, steps: int, warmup: int, num_device
             "min_step_seconds": round(min(times), 5),
             "images_per_sec": round(batch_size / median, 2),
             "images_per_sec_mean": round(batch_size / mean_time, 2),
-            "steps": steps, "warmup": warmup, "devices": mesh.size}
+            "steps": steps, "warmup": warmup, "devices": mesh.size,
+            "cores_busy": round(cores_busy, 2)}
 
 
 def measure(kind: str, batch_size: int, steps: int, warmup: int, num_devices: int | None,
@@ -200,8 +214,8 @@ def measure(kind: str, batch_size: int, steps: int, warmup: int, num_devices: in
     step_fn = step.lower(state, teacher_variables, *batch).compile()
     compile_seconds = time.perf_counter() - t0
 
-    times, (state, metrics) = _time_steps(step_fn, (state, teacher_variables, *batch), steps,
-                                          warmup, carry=True)
+    times, (state, metrics), cores_busy = _time_steps(
+        step_fn, (state, teacher_variables, *batch), steps, warmup, carry=True)
     loss = float(metrics["loss"])
     if not np.isfinite(loss):
         raise FloatingPointError(f"{kind} at batch {batch_size}: the loss is {loss}.")
@@ -218,16 +232,17 @@ def measure(kind: str, batch_size: int, steps: int, warmup: int, num_devices: in
             "images_per_sec": round(batch_size / median, 2),
             "images_per_sec_mean": round(batch_size / mean, 2),
             "steps": steps, "warmup": warmup, "final_loss": round(loss, 5),
-            "devices": mesh.size}
+            "devices": mesh.size, "cores_busy": round(cores_busy, 2)}
 
 
 def markdown_table(results: list[dict]) -> str:
     lines = ["| step | model | batch | compile (s) | median step (s) | images/s "
-             "| images/s (mean) |", "|---|---|---:|---:|---:|---:|---:|"]
+             "| images/s (mean) | cores busy |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         lines.append(f"| {r['step']} | {r['model']} | {r['batch_size']} | "
                      f"{r['compile_seconds']:.1f} | {r['median_step_seconds']:.3f} | "
-                     f"{r['images_per_sec']:.1f} | {r['images_per_sec_mean']:.1f} |")
+                     f"{r['images_per_sec']:.1f} | {r['images_per_sec_mean']:.1f} | "
+                     f"{r['cores_busy']:.2f} |")
     return "\n".join(lines)
 
 
