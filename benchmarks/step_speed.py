@@ -14,6 +14,8 @@ Data loading is not timed: every step gets the same batch, already on the device
 
   .venv/bin/python benchmarks/step_speed.py --out=benchmarks/results/step_speed_$(uname -m)_cpu.json
   .venv/bin/python benchmarks/step_speed.py --batch_sizes=128 --steps=20 --measure=vid_i
+
+With --serve it is instead the vid-jax worker of compare_torch.py (see timing_worker.py).
 """
 import datetime
 import importlib.util
@@ -25,6 +27,8 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow is only TFDS's reader here
+
+import timing_worker  # noqa: E402  (benchmarks/, beside this script; standard library only)
 
 from vid_jax import host  # noqa: E402  (imports no JAX)
 
@@ -56,6 +60,8 @@ _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compiling, befo
 _NUM_DEVICES = flags.DEFINE_integer("num_devices", None, "Devices in the mesh (default: all).")
 _MEASURE = flags.DEFINE_list("measure", list(KINDS), f"Which steps to time, of {KINDS}.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random images and initial variables.")
+_SERVE = flags.DEFINE_bool("serve", False, "Run as compare_torch.py's timing worker: "
+                           "commands on stdin, replies on stdout (see timing_worker.py).")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -125,35 +131,31 @@ def init_teacher(config, seed: int, calibration_passes: int = 30):
 # ---------------------------------------------------------------------------------------------
 # Timing.
 
-def _cpu_seconds() -> float:
-    """This process's CPU time, all threads, user + system."""
-    t = os.times()
-    return t.user + t.system
+class PreparedStep:
+    """A compiled step with its inputs on the devices. `run(n)` runs it n more times (feeding
+    the state back for train steps), waiting for each result, and returns their seconds."""
 
+    def __init__(self, fn, args: tuple, carry: bool, info: dict):
+        self.fn, self.args, self.carry, self.info = fn, args, carry, info
+        self.out = None
 
-def _time_steps(fn, args, steps: int, warmup: int,
-                carry: bool) -> tuple[list[float], object, float]:
-    """Runs `fn` warmup + steps times (feeding its state back when `carry`), waiting for each
-    result; returns the timed steps' seconds, the last output, and the cores kept busy over the
-    timed steps (CPU seconds / wall seconds: up to the core count; a thread spinning at an
-    all-reduce counts as busy)."""
-    times, out = [], None
-    cpu0 = wall0 = None
-    for i in range(warmup + steps):
-        if i == warmup:
-            cpu0, wall0 = _cpu_seconds(), time.perf_counter()
-        t0 = time.perf_counter()
-        out = jax.block_until_ready(fn(*args))
-        if carry:
-            args = (out[0], *args[1:])
-        if i >= warmup:
+    def run(self, steps: int) -> list[float]:
+        times = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            self.out = jax.block_until_ready(self.fn(*self.args))
+            if self.carry:
+                self.args = (self.out[0], *self.args[1:])
             times.append(time.perf_counter() - t0)
-    cores_busy = (_cpu_seconds() - cpu0) / (time.perf_counter() - wall0)
-    return times, out, cores_busy
+        return times
+
+    def final_loss(self) -> float | None:
+        """The last train step's loss (None for the teacher forward or before any step)."""
+        return float(self.out[1]["loss"]) if self.carry and self.out is not None else None
 
 
-def measure_teacher_forward(batch_size: int, steps: int, warmup: int, num_devices: int | None,
-                            seed: int) -> dict:
+def _prepare_teacher_forward(batch_size: int, num_devices: int | None,
+                             seed: int) -> PreparedStep:
     """The vid_i step's teacher part alone: normalise, eval-mode forward, sown layers."""
     config = make_config("vid_i", batch_size, num_devices)
     teacher, variables = init_teacher(config, seed + 1)
@@ -172,24 +174,16 @@ def measure_teacher_forward(batch_size: int, steps: int, warmup: int, num_device
     t0 = time.perf_counter()
     fn = jax.jit(jax.shard_map(forward, mesh=mesh, in_specs=(P(), P(train.AXIS)),
                                out_specs=P(train.AXIS))).lower(*args).compile()
-    compile_seconds = time.perf_counter() - t0
-    times, _, cores_busy = _time_steps(fn, args, steps, warmup, carry=False)
-    median, mean_time = statistics.median(times), statistics.fmean(times)
-    return {"step": "teacher_forward", "model": model_name(config.teacher.model),
+    info = {"step": "teacher_forward", "model": model_name(config.teacher.model),
             "batch_size": batch_size, "distill": {},
-            "compile_seconds": round(compile_seconds, 3),
-            "median_step_seconds": round(median, 5), "mean_step_seconds": round(mean_time, 5),
-            "min_step_seconds": round(min(times), 5),
-            "images_per_sec": round(batch_size / median, 2),
-            "images_per_sec_mean": round(batch_size / mean_time, 2),
-            "steps": steps, "warmup": warmup, "devices": mesh.size,
-            "cores_busy": round(cores_busy, 2)}
+            "compile_seconds": round(time.perf_counter() - t0, 3), "devices": mesh.size}
+    return PreparedStep(fn, args, carry=False, info=info)
 
 
-def measure(kind: str, batch_size: int, steps: int, warmup: int, num_devices: int | None,
-            seed: int) -> dict:
+def prepare(kind: str, batch_size: int, num_devices: int | None, seed: int) -> PreparedStep:
+    """Builds and compiles one of KINDS at `batch_size`, as train_and_evaluate would."""
     if kind == "teacher_forward":
-        return measure_teacher_forward(batch_size, steps, warmup, num_devices, seed)
+        return _prepare_teacher_forward(batch_size, num_devices, seed)
     config = make_config(kind, batch_size, num_devices)
     teacher, teacher_variables = init_teacher(config, seed + 1)
     rng = np.random.default_rng([seed, batch_size])
@@ -212,37 +206,60 @@ def measure(kind: str, batch_size: int, steps: int, warmup: int, num_devices: in
     step = train.make_train_step(run.student, run.teacher, run.terms, run.tx, mesh, run.config,
                                  len(split), NUM_CLASSES)
     step_fn = step.lower(state, teacher_variables, *batch).compile()
-    compile_seconds = time.perf_counter() - t0
-
-    times, (state, metrics), cores_busy = _time_steps(
-        step_fn, (state, teacher_variables, *batch), steps, warmup, carry=True)
-    loss = float(metrics["loss"])
-    if not np.isfinite(loss):
-        raise FloatingPointError(f"{kind} at batch {batch_size}: the loss is {loss}.")
-
-    median, mean = statistics.median(times), statistics.fmean(times)
     model = model_name(config.model)
     if teacher is not None:
         model += f" <- {model_name(config.teacher.model)}"
-    return {"step": kind, "model": model, "batch_size": batch_size,
+    info = {"step": kind, "model": model, "batch_size": batch_size,
             "distill": {t.name: t.weight for t in run.terms},
-            "compile_seconds": round(compile_seconds, 3),
-            "median_step_seconds": round(median, 5), "mean_step_seconds": round(mean, 5),
-            "min_step_seconds": round(min(times), 5),
-            "images_per_sec": round(batch_size / median, 2),
-            "images_per_sec_mean": round(batch_size / mean, 2),
-            "steps": steps, "warmup": warmup, "final_loss": round(loss, 5),
-            "devices": mesh.size, "cores_busy": round(cores_busy, 2)}
+            "compile_seconds": round(time.perf_counter() - t0, 3), "devices": mesh.size}
+    return PreparedStep(step_fn, (state, teacher_variables, *batch), carry=True, info=info)
+
+
+def _cpu_seconds() -> float:
+    """This process's CPU time, all threads, user + system."""
+    t = os.times()
+    return t.user + t.system
+
+
+def measure(kind: str, batch_size: int, steps: int, warmup: int, num_devices: int | None,
+            seed: int) -> dict:
+    """Compiles, runs `warmup` untimed steps and times `steps` more. `cores_busy` is CPU
+    seconds / wall seconds over the timed steps (up to the core count; a thread spinning at
+    an all-reduce counts as busy)."""
+    prepared = prepare(kind, batch_size, num_devices, seed)
+    prepared.run(warmup)
+    cpu0, steal0, wall0 = _cpu_seconds(), timing_worker.steal_seconds(), time.perf_counter()
+    times = prepared.run(steps)
+    wall = time.perf_counter() - wall0
+    cores_busy = (_cpu_seconds() - cpu0) / wall
+    steal = timing_worker.steal_share(steal0, timing_worker.steal_seconds(), wall)
+    loss = prepared.final_loss()
+    if loss is not None and not np.isfinite(loss):
+        raise FloatingPointError(f"{kind} at batch {batch_size}: the loss is {loss}.")
+    median, mean = statistics.median(times), statistics.fmean(times)
+    result = {**prepared.info,
+              "median_step_seconds": round(median, 5), "mean_step_seconds": round(mean, 5),
+              "min_step_seconds": round(min(times), 5),
+              "images_per_sec": round(batch_size / median, 2),
+              "images_per_sec_mean": round(batch_size / mean, 2),
+              "steps": steps, "warmup": warmup, "cores_busy": round(cores_busy, 2),
+              # The share of CPU time the hypervisor took from this VM meanwhile (Linux).
+              "steal_share": None if steal is None else round(steal, 3)}
+    if loss is not None:
+        result["final_loss"] = round(loss, 5)
+    return result
 
 
 def markdown_table(results: list[dict]) -> str:
     lines = ["| step | model | batch | compile (s) | median step (s) | images/s "
-             "| images/s (mean) | cores busy |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+             "| images/s (mean) | cores busy | steal |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         lines.append(f"| {r['step']} | {r['model']} | {r['batch_size']} | "
                      f"{r['compile_seconds']:.1f} | {r['median_step_seconds']:.3f} | "
                      f"{r['images_per_sec']:.1f} | {r['images_per_sec_mean']:.1f} | "
-                     f"{r['cores_busy']:.2f} |")
+                     f"{r['cores_busy']:.2f} | " + ("-" if r.get("steal_share") is None
+                                                    else f"{100 * r['steal_share']:.0f}%") + " |")
     return "\n".join(lines)
 
 
@@ -257,6 +274,13 @@ def write_json_atomically(path: str, payload: dict) -> None:
 
 def main(argv):
     del argv
+    if _SERVE.value:
+        timing_worker.serve(
+            lambda kind, batch_size: prepare(kind, batch_size, _NUM_DEVICES.value, _SEED.value),
+            about={"jax_version": jax.__version__, "backend": jax.default_backend(),
+                   "devices": train.make_mesh(_NUM_DEVICES.value).size,
+                   "xla_flags": os.environ.get("XLA_FLAGS", "")})
+        return
     unknown = [k for k in _MEASURE.value if k not in KINDS]
     if unknown:
         raise app.UsageError(f"--measure: unknown {unknown}; choose from {', '.join(KINDS)}.")

@@ -5,11 +5,13 @@ PyTorch is a baseline only, never a dependency of vid_jax; it has its own virtua
   python3 -m venv .venv-torch && .venv-torch/bin/pip install torch==2.13.0 numpy
   .venv-torch/bin/python benchmarks/torch_step.py  # -> results/torch_step_<machine>_cpu.json
   .venv-torch/bin/python benchmarks/torch_step.py --batch_sizes=128 --steps=20 --measure=vid_i
+  (--serve: compare_torch.py's PyTorch worker instead, see timing_worker.py)
 
   teacher  WRN-40-2 alone: forward, cross-entropy, backward, SGD step
   student  WRN-16-1 alone, the same step
   vid_i    WRN-16-1 with CE + VID-I on group1-3 of a frozen WRN-40-2 (eval mode, no_grad);
            one SGD step updates the student and the three VID heads together
+  teacher_forward  the frozen WRN-40-2's forward alone, as inside vid_i (for its breakdown)
 
 As in vid_jax: pre-activation WRN-d-w (projection on the pre-activated input, BN momentum 0.1
 = flax's 0.9, eps 1e-5), VID heads of three 1x1 convs with variance softplus(alpha) + 1e-5
@@ -38,7 +40,9 @@ import torch.nn.functional as F
 from torch import nn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KINDS = ("teacher", "student", "vid_i")
+# teacher_forward: the frozen teacher's eval-mode forward alone (normalise, forward), as inside
+# the vid_i step, for the breakdown vid_i = teacher forward + student step + distillation.
+KINDS = ("teacher", "student", "vid_i", "teacher_forward")
 ARCH = {"teacher": (40, 2), "student": (16, 1)}  # (depth, width)
 NUM_CLASSES, PADDING = 10, 4
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)  # configs' CIFAR-10 statistics
@@ -164,6 +168,15 @@ def frozen_teacher(seed: int, channels_last: bool, passes: int = 30) -> WideResN
 def make_step(kind: str, images: torch.Tensor, labels: torch.Tensor, seed: int,
               channels_last: bool) -> tuple[Callable[[], torch.Tensor], str]:
     """A fresh model and optimizer, and a closure that runs one train step and returns the loss."""
+    if kind == "teacher_forward":
+        teacher = frozen_teacher(seed + 1, channels_last)
+
+        def forward() -> torch.Tensor:  # normalise and forward, as step_speed.py's
+            with torch.no_grad():
+                _, features = teacher(normalize(images, channels_last))
+            return features[-1].mean()
+
+        return forward, "WRN-{}-{}".format(*ARCH["teacher"])
     torch.manual_seed(seed)
     student = WideResNet(*ARCH["teacher" if kind == "teacher" else "student"]).train()
     teacher = frozen_teacher(seed + 1, channels_last) if kind == "vid_i" else None
@@ -194,32 +207,60 @@ def make_step(kind: str, images: torch.Tensor, labels: torch.Tensor, seed: int,
     return step, name + (" <- WRN-40-2" if teacher else "")
 
 
-def measure(kind: str, batch_size: int, steps: int, warmup: int, seed: int,
-            channels_last: bool) -> dict:
+class PreparedStep:
+    """A step closure and its first step's time; `run(n)` times n more steps."""
+
+    def __init__(self, step: Callable[[], torch.Tensor], info: dict):
+        self.step, self.info, self.loss = step, info, None
+
+    def run(self, steps: int) -> list[float]:
+        times = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            self.loss = self.step()  # CPU eager is synchronous: done when it returns
+            times.append(time.perf_counter() - t0)
+        return times
+
+    def final_loss(self) -> float | None:
+        """The last train step's loss (None for the teacher forward or before any step)."""
+        if self.info["step"] == "teacher_forward" or self.loss is None:
+            return None
+        return self.loss.item()
+
+
+def prepare(kind: str, batch_size: int, seed: int, channels_last: bool) -> PreparedStep:
+    """Builds one of KINDS at `batch_size` and runs its first step (the analogue of compiling)."""
     rng = np.random.default_rng([seed, batch_size])
     images = torch.from_numpy(rng.integers(0, 256, (batch_size, 32, 32, 3), dtype=np.uint8))
     labels = torch.from_numpy(rng.integers(0, NUM_CLASSES, (batch_size,)))
     step, model = make_step(kind, images, labels, seed, channels_last)
     t0 = time.perf_counter()
-    loss = step()  # CPU eager is synchronous: the step is done when it returns
-    first = time.perf_counter() - t0
-    times = []
-    for i in range(warmup + steps):
-        t0 = time.perf_counter()
-        loss = step()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    final = loss.item()
-    if not math.isfinite(final):
+    loss = step()
+    info = {"step": kind, "model": model, "batch_size": batch_size,
+            "first_step_seconds": round(time.perf_counter() - t0, 3)}
+    prepared = PreparedStep(step, info)
+    prepared.loss = loss
+    return prepared
+
+
+def measure(kind: str, batch_size: int, steps: int, warmup: int, seed: int,
+            channels_last: bool) -> dict:
+    prepared = prepare(kind, batch_size, seed, channels_last)
+    prepared.run(warmup)
+    times = prepared.run(steps)
+    final = prepared.final_loss()
+    if final is not None and not math.isfinite(final):
         raise FloatingPointError(f"{kind} at batch {batch_size}: the loss is {final}.")
     median, mean = statistics.median(times), statistics.fmean(times)
-    return {"step": kind, "model": model, "batch_size": batch_size,
-            "first_step_seconds": round(first, 3),
-            "median_step_seconds": round(median, 5), "mean_step_seconds": round(mean, 5),
-            "min_step_seconds": round(min(times), 5),
-            "images_per_sec": round(batch_size / median, 2),
-            "images_per_sec_mean": round(batch_size / mean, 2),
-            "steps": steps, "warmup": warmup, "final_loss": round(final, 5)}
+    result = {**prepared.info,
+              "median_step_seconds": round(median, 5), "mean_step_seconds": round(mean, 5),
+              "min_step_seconds": round(min(times), 5),
+              "images_per_sec": round(batch_size / median, 2),
+              "images_per_sec_mean": round(batch_size / mean, 2),
+              "steps": steps, "warmup": warmup}
+    if final is not None:
+        result["final_loss"] = round(final, 5)
+    return result
 
 
 def markdown_table(results: list[dict]) -> str:
@@ -245,6 +286,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=True,
                    help="NHWC memory format for models and inputs.")
     p.add_argument("--seed", type=int, default=0, help="Seed of the images and initial weights.")
+    p.add_argument("--serve", action="store_true",
+                   help="Run as compare_torch.py's timing worker (see timing_worker.py).")
     p.add_argument("--out", default=os.path.join(
         ROOT, "benchmarks", "results", f"torch_step_{platform.machine()}_cpu.json"),
         help="Where the JSON results go.")
@@ -261,6 +304,13 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
+    if args.serve:
+        import timing_worker  # benchmarks/, beside this script
+        timing_worker.serve(
+            lambda kind, batch_size: prepare(kind, batch_size, args.seed, args.channels_last),
+            about={"torch_version": torch.__version__, "threads": torch.get_num_threads(),
+                   "channels_last": args.channels_last})
+        return
     print("parameters: " + ", ".join(
         f"WRN-{d}-{w} {count_params(WideResNet(d, w)):,}" for d, w in ARCH.values())
         + f", VID heads {count_params(nn.ModuleList(map(VIDHead, (16, 32, 64), (32, 64, 128)))):,}")

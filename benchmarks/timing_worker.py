@@ -1,0 +1,84 @@
+"""The line protocol between `compare_torch.py` and its two timing workers (`step_speed.py
+--serve` in vid-jax's virtualenv, `torch_step.py --serve` in PyTorch's).
+
+Standard library only, because both virtualenvs import it. The controller writes one JSON
+command per line to a worker's stdin; the worker answers each with one line on stdout that
+starts with REPLY (anything else it prints is passed over):
+
+  {"cmd": "prepare", "step": "vid_i", "batch_size": 128, "warmup": 2}
+      -> {"info": {...}}  build and compile (or run the first step), then run `warmup` steps
+  {"cmd": "run", "steps": 4}
+      -> {"seconds": [...], "final_loss": x}  time that many more steps, one by one
+  {"cmd": "about"}
+      -> {"about": {...}}  versions and settings (framework version, devices or threads)
+  {"cmd": "quit"}
+      -> the worker exits
+
+A failure answers {"error": "..."}. Only one worker runs steps at a time: the other waits,
+blocked on its stdin, so each block of steps has the machine to itself.
+"""
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, Protocol
+
+REPLY = "@@reply "
+
+
+def steal_seconds() -> float | None:
+    """CPU time the hypervisor gave to other guests, summed over this VM's CPUs since boot
+    (the "steal" column of Linux's /proc/stat); None where there is no such file.
+
+    On a shared cloud machine steal is the largest source of noise in these benchmarks: here
+    it went from ~0 to 50-70% of both cores within an hour, and every step slowed alike.
+    """
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def steal_share(steal_before: float | None, steal_after: float | None,
+                wall_seconds: float) -> float | None:
+    """The share of the machine's CPU time stolen over `wall_seconds`, 0 to 1."""
+    if steal_before is None or steal_after is None or wall_seconds <= 0:
+        return None
+    return (steal_after - steal_before) / (wall_seconds * (os.cpu_count() or 1))
+
+
+class Prepared(Protocol):
+    info: dict
+
+    def run(self, steps: int) -> list[float]: ...
+
+    def final_loss(self) -> float | None: ...
+
+
+def serve(prepare: Callable[[str, int], Prepared], about: dict) -> None:
+    """Answers commands from stdin until "quit" or end of input."""
+    current = None
+    for line in sys.stdin:
+        command = json.loads(line)
+        try:
+            if command["cmd"] == "quit":
+                return
+            if command["cmd"] == "about":
+                reply: dict[str, Any] = {"about": about}
+            elif command["cmd"] == "prepare":
+                current = None  # let the previous step's buffers go before building the next
+                current = prepare(command["step"], command["batch_size"])
+                current.run(command["warmup"])
+                reply = {"info": current.info}
+            elif command["cmd"] == "run":
+                if current is None:
+                    raise RuntimeError("'run' before any 'prepare'")
+                reply = {"seconds": current.run(command["steps"]),
+                         "final_loss": current.final_loss()}
+            else:
+                raise ValueError(f"unknown command {command['cmd']!r}")
+        except Exception as error:  # the controller reports it and stops both workers
+            reply = {"error": f"{type(error).__name__}: {error}"}
+        print(REPLY + json.dumps(reply), flush=True)
