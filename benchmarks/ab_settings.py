@@ -72,6 +72,8 @@ def main() -> None:
                 medians[name].append(statistics.median(seconds))
                 stolen.append(timing_worker.steal_share(
                     steal0, timing_worker.steal_seconds(), time.perf_counter() - wall0))
+    except RuntimeError as error:  # a worker's error, already named by Worker.ask
+        sys.exit(f"error: {error}")
     finally:
         for w in workers.values():
             w.close()
@@ -82,7 +84,8 @@ def main() -> None:
            "b_median_step_seconds": [round(t, 4) for t in medians["B"]],
            "speed_b_over_a": round(statistics.median(speed), 3),
            "speed_b_over_a_range": [round(min(speed), 3), round(max(speed), 3)],
-           "max_steal_share": max((x for x in stolen if x is not None), default=None)}
+           "max_steal_share": max((round(x, 3) for x in stolen if x is not None),
+                                  default=None)}
     runs = []
     if os.path.exists(args.out):
         with open(args.out) as f:

@@ -109,8 +109,7 @@ def compare(workers: dict[str, Worker], step: str, batch: int, args: argparse.Na
            # Share of CPU time the hypervisor took from this VM during each block (Linux).
            "steal_share": {fw: [None if x is None else round(x, 3) for x in v]
                            for fw, v in stolen.items()}}
-    shares = [x for v in stolen.values() for x in v if x is not None]
-    row["max_steal_share"] = round(max(shares), 3) if shares else None
+    add_steal_summary(row)
     for fw, fw_blocks in blocks.items():
         seconds = [t for block in fw_blocks for t in block]
         median = statistics.median(seconds)
@@ -118,6 +117,18 @@ def compare(workers: dict[str, Worker], step: str, batch: int, args: argparse.Na
                     f"{fw}_median_images_per_sec": round(batch / median, 2),
                     f"{fw}_step_seconds": [round(t, 5) for t in seconds]})
     return row
+
+
+def add_steal_summary(row: dict) -> None:
+    """The largest steal share of any block, and the ratio over the quiet rounds only (both
+    blocks at most STEAL_WARNING stolen)."""
+    steal = row["steal_share"]
+    shares = [x for v in steal.values() for x in v if x is not None]
+    row["max_steal_share"] = round(max(shares), 3) if shares else None
+    quiet = [r for r, j, t in zip(row["round_ratios"], steal["jax"], steal["torch"])
+             if (j or 0) <= STEAL_WARNING and (t or 0) <= STEAL_WARNING]
+    row["quiet_rounds"] = len(quiet)
+    row["ratio_quiet"] = round(statistics.median(quiet), 3) if quiet else None
 
 
 def breakdown(rows: list[dict], framework: str) -> list[dict]:
@@ -151,11 +162,12 @@ def markdown(rows: list[dict], parts: list[dict], meta: dict) -> str:
              f"thread(s), channels_last={meta['torch']['channels_last']}.", "",
              "Images/s: batch / median step time over all rounds. Ratio: median (and range) "
              "over rounds of vid-jax's images/s over PyTorch's in the same round. Steal: the "
-             "largest share of CPU time the hypervisor took from this VM in any block (above a "
-             "few % the figures are noise).", "",
+             "largest share of CPU time the hypervisor took from this VM in any block; quiet "
+             f"rounds: those whose two blocks had at most {100 * STEAL_WARNING:.0f}% stolen.", "",
              "| step | model | batch | vid-jax images/s | PyTorch images/s | ratio | "
-             "ratio range | vid-jax compile (s) | PyTorch first step (s) | steal (max) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "ratio range | ratio, quiet rounds (n) | vid-jax compile (s) | "
+             "PyTorch first step (s) | steal (max) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if "ratio" not in r:
             continue
@@ -163,6 +175,8 @@ def markdown(rows: list[dict], parts: list[dict], meta: dict) -> str:
                      f"{r['jax_median_images_per_sec']:.1f} | "
                      f"{r['torch_median_images_per_sec']:.1f} | {r['ratio']:.2f} | "
                      f"{r['ratio_min']:.2f}-{r['ratio_max']:.2f} | "
+                     + ("-" if r["ratio_quiet"] is None else f"{r['ratio_quiet']:.2f}")
+                     + f" ({r['quiet_rounds']}) | "
                      f"{r['jax_compile_seconds']:.1f} | {r['torch_first_step_seconds']:.1f} | "
                      + ("-" if r["max_steal_share"] is None
                         else f"{100 * r['max_steal_share']:.0f}%") + " |")
@@ -195,7 +209,16 @@ def main() -> None:
                         "ran (OpenMP and XLA's pool threads spin a while when idle) is asleep.")
     parser.add_argument("--out", default=os.path.join(
         ROOT, "benchmarks", "results", f"jax_vs_torch_{platform.machine()}_cpu.json"))
+    parser.add_argument("--render", metavar="JSON", default=None,
+                        help="Only rewrite the markdown table of an earlier run's JSON file.")
     args = parser.parse_args()
+    if args.render:
+        with open(args.render) as f:
+            payload = json.load(f)
+        for row in payload["results"]:
+            add_steal_summary(row)
+        write_results(args.render, payload)
+        return
     if args.rounds < 1 or args.block < 1 or args.warmup < 0:
         parser.error("--rounds and --block must be at least 1, --warmup at least 0.")
     if not os.path.exists(args.torch_python):
@@ -220,6 +243,8 @@ def main() -> None:
                       + ("" if row["max_steal_share"] is None
                          else f", steal up to {100 * row['max_steal_share']:.0f}%"),
                       flush=True)
+    except RuntimeError as error:  # a worker's error, already named by Worker.ask
+        sys.exit(f"error: {error}")
     finally:
         for worker in workers.values():
             worker.close()
@@ -232,18 +257,24 @@ def main() -> None:
             "command": " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
             "jax": versions["jax"], "torch": versions["torch"]}
     payload = {**meta, "results": rows, "vid_i_breakdown": parts}
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
+    write_results(args.out, payload)
+
+
+def write_results(path: str, payload: dict) -> None:
+    """The JSON file and, beside it, its markdown table (printed too)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
         json.dump(payload, f, indent=2)
-    table = markdown(rows, parts, meta)
-    with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
+    rows = payload["results"]
+    table = markdown(rows, payload["vid_i_breakdown"], payload)
+    with open(os.path.splitext(path)[0] + ".md", "w") as f:
         f.write(table)
     print(table)
     stolen = [r["max_steal_share"] for r in rows if r["max_steal_share"] is not None]
     if stolen and max(stolen) > STEAL_WARNING:
         print(f"warning: the hypervisor took up to {100 * max(stolen):.0f}% of this VM's CPU "
               "time during some blocks (column 'steal'); rerun when the machine is quiet.")
-    print(f"Wrote {args.out} and its .md")
+    print(f"Wrote {path} and its .md")
 
 
 if __name__ == "__main__":

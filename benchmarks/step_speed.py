@@ -182,6 +182,8 @@ def _prepare_teacher_forward(batch_size: int, num_devices: int | None,
 
 def prepare(kind: str, batch_size: int, num_devices: int | None, seed: int) -> PreparedStep:
     """Builds and compiles one of KINDS at `batch_size`, as train_and_evaluate would."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown step {kind!r}; choose from {', '.join(KINDS)}.")
     if kind == "teacher_forward":
         return _prepare_teacher_forward(batch_size, num_devices, seed)
     config = make_config(kind, batch_size, num_devices)

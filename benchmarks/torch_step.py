@@ -230,6 +230,8 @@ class PreparedStep:
 
 def prepare(kind: str, batch_size: int, seed: int, channels_last: bool) -> PreparedStep:
     """Builds one of KINDS at `batch_size` and runs its first step (the analogue of compiling)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown step {kind!r}; choose from {', '.join(KINDS)}.")
     rng = np.random.default_rng([seed, batch_size])
     images = torch.from_numpy(rng.integers(0, 256, (batch_size, 32, 32, 3), dtype=np.uint8))
     labels = torch.from_numpy(rng.integers(0, NUM_CLASSES, (batch_size,)))
