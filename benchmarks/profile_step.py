@@ -35,6 +35,7 @@ import tempfile
 
 # isort: split
 import step_speed  # benchmarks/, beside this script; splits the host into one device per core
+import timing_worker
 
 # isort: split
 import jax  # after step_speed, so that the device count it set applies
@@ -103,8 +104,10 @@ def main(argv):
     prepared.run(3)
     steps = _RECORDED.value
     with tempfile.TemporaryDirectory() as tmp:
+        steal0 = timing_worker.steal_seconds()
         with jax.profiler.trace(tmp, create_perfetto_trace=True):
             seconds = prepared.run(steps)
+        steal = timing_worker.steal_share(steal0, timing_worker.steal_seconds(), sum(seconds))
         trace_file = glob.glob(os.path.join(tmp, "**", "*perfetto_trace.json.gz"),
                                recursive=True)[0]
         with gzip.open(trace_file) as f:
@@ -162,7 +165,9 @@ def main(argv):
                  for (p, out, w, macs), ms in by_shape.most_common()]
 
     print(f"{_STEP.value} at batch {_BATCH.value}, {jax.device_count()} devices: "
-          f"{wall_ms:.1f} ms per step over {steps} recorded steps\n")
+          f"{wall_ms:.1f} ms per step over {steps} recorded steps"
+          + ("" if steal is None else f", {100 * steal:.0f}% of the CPU time stolen by the "
+             "hypervisor meanwhile") + "\n")
     print("| thread | " + " | ".join(categories) + " | untraced |")
     print("|---|" + "---:|" * (len(categories) + 1))
     for r in rows:
@@ -184,6 +189,7 @@ def main(argv):
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([os.path.relpath(sys.argv[0], step_speed.ROOT)] + sys.argv[1:]),
         "step_ms": round(wall_ms, 1), "step_seconds": [round(s, 4) for s in seconds],
+        "steal_share": None if steal is None else round(steal, 3),
         "threads_ms_per_step": rows, "convolutions": conv_rows})
     print(f"\nWrote {out}")
 
