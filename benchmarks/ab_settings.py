@@ -68,11 +68,12 @@ def main() -> None:
             for name in ("A", "B") if round_index % 2 == 0 else ("B", "A"):
                 time.sleep(args.settle)
                 steal0, wall0 = timing_worker.steal_seconds(), time.perf_counter()
-                seconds = workers[name].ask(cmd="run", steps=args.block)["seconds"]
-                medians[name].append(statistics.median(seconds))
+                reply = workers[name].ask(cmd="run", steps=args.block)
+                timing_worker.check_loss(reply["final_loss"], f"{name} {args.step}")
+                medians[name].append(statistics.median(reply["seconds"]))
                 stolen.append(timing_worker.steal_share(
                     steal0, timing_worker.steal_seconds(), time.perf_counter() - wall0))
-    except RuntimeError as error:  # a worker's error, already named by Worker.ask
+    except (RuntimeError, FloatingPointError) as error:  # a worker's error, or a NaN loss
         sys.exit(f"error: {error}")
     finally:
         for w in workers.values():

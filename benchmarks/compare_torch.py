@@ -19,7 +19,6 @@ and the breakdown of each framework's VID-I step.
 import argparse
 import datetime
 import json
-import math
 import os
 import platform
 import statistics
@@ -92,10 +91,8 @@ def compare(workers: dict[str, Worker], step: str, batch: int, args: argparse.Na
             reply = workers[fw].ask(cmd="run", steps=args.block)
             stolen[fw].append(timing_worker.steal_share(
                 steal0, timing_worker.steal_seconds(), time.perf_counter() - wall0))
-            loss = reply["final_loss"]
-            if loss is not None and not math.isfinite(loss):
-                raise FloatingPointError(f"{workers[fw].name} {step} at batch {batch}: the "
-                                         f"loss is {loss}.")
+            timing_worker.check_loss(reply["final_loss"],
+                                     f"{workers[fw].name} {step} at batch {batch}")
             blocks[fw].append(reply["seconds"])
     # Per round, images/s of vid-jax over PyTorch's = PyTorch's median time over vid-jax's.
     ratios = [statistics.median(t) / statistics.median(j)

@@ -22,7 +22,6 @@ import importlib.util
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 
@@ -236,14 +235,8 @@ def measure(kind: str, batch_size: int, steps: int, warmup: int, num_devices: in
     cores_busy = (_cpu_seconds() - cpu0) / wall
     steal = timing_worker.steal_share(steal0, timing_worker.steal_seconds(), wall)
     loss = prepared.final_loss()
-    if loss is not None and not np.isfinite(loss):
-        raise FloatingPointError(f"{kind} at batch {batch_size}: the loss is {loss}.")
-    median, mean = statistics.median(times), statistics.fmean(times)
-    result = {**prepared.info,
-              "median_step_seconds": round(median, 5), "mean_step_seconds": round(mean, 5),
-              "min_step_seconds": round(min(times), 5),
-              "images_per_sec": round(batch_size / median, 2),
-              "images_per_sec_mean": round(batch_size / mean, 2),
+    timing_worker.check_loss(loss, f"{kind} at batch {batch_size}")
+    result = {**prepared.info, **timing_worker.step_summary(times, batch_size),
               "steps": steps, "warmup": warmup, "cores_busy": round(cores_busy, 2),
               # The share of CPU time the hypervisor took from this VM meanwhile (Linux).
               "steal_share": None if steal is None else round(steal, 3)}

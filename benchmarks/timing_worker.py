@@ -1,5 +1,6 @@
-"""The line protocol between `compare_torch.py` and its two timing workers (`step_speed.py
---serve` in vid-jax's virtualenv, `torch_step.py --serve` in PyTorch's).
+"""What the two timing workers share, `step_speed.py` in vid-jax's virtualenv and
+`torch_step.py` in PyTorch's: the summary of timed steps, the loss check, the hypervisor's
+steal, and the line protocol by which `compare_torch.py` drives them (`--serve`).
 
 Standard library only, because both virtualenvs import it. The controller writes one JSON
 command per line to a worker's stdin; the worker answers each with one line on stdout that
@@ -18,12 +19,29 @@ A failure answers {"error": "..."}. Only one worker runs steps at a time: the ot
 blocked on its stdin, so each block of steps has the machine to itself.
 """
 import json
+import math
 import os
+import statistics
 import sys
 from collections.abc import Callable
 from typing import Any, Protocol
 
 REPLY = "@@reply "
+
+
+def step_summary(seconds: list[float], batch_size: int) -> dict:
+    """Median, mean and fastest of the timed steps, and images/s from the median and mean."""
+    median, mean = statistics.median(seconds), statistics.fmean(seconds)
+    return {"median_step_seconds": round(median, 5), "mean_step_seconds": round(mean, 5),
+            "min_step_seconds": round(min(seconds), 5),
+            "images_per_sec": round(batch_size / median, 2),
+            "images_per_sec_mean": round(batch_size / mean, 2)}
+
+
+def check_loss(loss: float | None, what: str) -> None:
+    """Raises if a train step's last loss is NaN or infinite (None: not a train step)."""
+    if loss is not None and not math.isfinite(loss):
+        raise FloatingPointError(f"{what}: the loss is {loss}.")
 
 
 def steal_seconds() -> float | None:

@@ -29,12 +29,12 @@ import json
 import math
 import os
 import platform
-import statistics
 import sys
 import time
 from collections.abc import Callable
 
 import numpy as np
+import timing_worker  # benchmarks/, beside this script; standard library only
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -210,8 +210,8 @@ def make_step(kind: str, images: torch.Tensor, labels: torch.Tensor, seed: int,
 class PreparedStep:
     """A step closure and its first step's time; `run(n)` times n more steps."""
 
-    def __init__(self, step: Callable[[], torch.Tensor], info: dict):
-        self.step, self.info, self.loss = step, info, None
+    def __init__(self, step: Callable[[], torch.Tensor], info: dict, loss: torch.Tensor):
+        self.step, self.info, self.loss = step, info, loss
 
     def run(self, steps: int) -> list[float]:
         times = []
@@ -222,8 +222,8 @@ class PreparedStep:
         return times
 
     def final_loss(self) -> float | None:
-        """The last train step's loss (None for the teacher forward or before any step)."""
-        if self.info["step"] == "teacher_forward" or self.loss is None:
+        """The last train step's loss (None for the teacher forward)."""
+        if self.info["step"] == "teacher_forward":
             return None
         return self.loss.item()
 
@@ -240,26 +240,22 @@ def prepare(kind: str, batch_size: int, seed: int, channels_last: bool) -> Prepa
     loss = step()
     info = {"step": kind, "model": model, "batch_size": batch_size,
             "first_step_seconds": round(time.perf_counter() - t0, 3)}
-    prepared = PreparedStep(step, info)
-    prepared.loss = loss
-    return prepared
+    return PreparedStep(step, info, loss)
 
 
 def measure(kind: str, batch_size: int, steps: int, warmup: int, seed: int,
             channels_last: bool) -> dict:
     prepared = prepare(kind, batch_size, seed, channels_last)
     prepared.run(warmup)
+    steal0, wall0 = timing_worker.steal_seconds(), time.perf_counter()
     times = prepared.run(steps)
+    steal = timing_worker.steal_share(steal0, timing_worker.steal_seconds(),
+                                      time.perf_counter() - wall0)
     final = prepared.final_loss()
-    if final is not None and not math.isfinite(final):
-        raise FloatingPointError(f"{kind} at batch {batch_size}: the loss is {final}.")
-    median, mean = statistics.median(times), statistics.fmean(times)
-    result = {**prepared.info,
-              "median_step_seconds": round(median, 5), "mean_step_seconds": round(mean, 5),
-              "min_step_seconds": round(min(times), 5),
-              "images_per_sec": round(batch_size / median, 2),
-              "images_per_sec_mean": round(batch_size / mean, 2),
-              "steps": steps, "warmup": warmup}
+    timing_worker.check_loss(final, f"{kind} at batch {batch_size}")
+    result = {**prepared.info, **timing_worker.step_summary(times, batch_size),
+              "steps": steps, "warmup": warmup,
+              "steal_share": None if steal is None else round(steal, 3)}
     if final is not None:
         result["final_loss"] = round(final, 5)
     return result
@@ -307,7 +303,6 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     if args.serve:
-        import timing_worker  # benchmarks/, beside this script
         timing_worker.serve(
             lambda kind, batch_size: prepare(kind, batch_size, args.seed, args.channels_last),
             about={"torch_version": torch.__version__, "threads": torch.get_num_threads(),
