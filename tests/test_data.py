@@ -275,7 +275,41 @@ def test_load_dataset_dispatches_and_applies_subsets(tmp_path):
     folder = data.load_dataset({"source": "image_folder", "path": str(tmp_path)})
     assert folder.class_names == ("a", "b") and len(folder.train) == 6
 
-    assert set(data.SOURCES) == {"tfds", "image_folder", "digits"}
+    assert set(data.SOURCES) == {"tfds", "image_folder", "arrays", "digits"}
+
+
+def test_load_arrays(tmp_path):
+    rng = np.random.default_rng(0)
+    x_train = rng.integers(0, 256, (12, 4, 4, 3), dtype=np.uint8)
+    x_test = rng.integers(0, 256, (6, 4, 4, 3), dtype=np.uint8)
+    y_train, y_test = np.arange(12) % 3, np.arange(6) % 3
+    path = tmp_path / "set.npz"
+    np.savez_compressed(path, x_train=x_train, y_train=y_train.astype(np.uint8), x_test=x_test,
+                        y_test=y_test.astype(np.uint8), class_names=np.array(["a", "b", "c"]))
+    dataset = data.load_dataset({"source": "arrays", "path": str(path), "images_per_class": 2})
+    assert dataset.num_classes == 3 and dataset.class_names == ("a", "b", "c")
+    np.testing.assert_array_equal(np.bincount(dataset.train.labels), [2, 2, 2])
+    np.testing.assert_array_equal(dataset.test.images, x_test)
+    assert dataset.test.labels.dtype == np.int32
+
+    # Grey images without a channel axis get one; classes are counted from the labels.
+    np.savez(path, x_train=x_train[..., 0], y_train=y_train, x_test=x_test[..., 0], y_test=y_test)
+    grey = data.load_arrays(path)
+    assert grey.train.images.shape == (12, 4, 4, 1) and grey.num_classes == 3
+
+
+def test_load_arrays_errors(tmp_path):
+    with pytest.raises(data.DatasetUnavailableError, match="does not exist"):
+        data.load_arrays(tmp_path / "none.npz")
+    path = tmp_path / "set.npz"
+    images = np.zeros((3, 4, 4, 3), np.uint8)
+    np.savez(path, x_train=images, y_train=np.arange(3))
+    with pytest.raises(ValueError, match=r"lacks \['x_test', 'y_test'\]"):
+        data.load_arrays(path)
+    np.savez(path, x_train=images, y_train=np.arange(3), x_test=images, y_test=np.array([0, 1, 5]),
+             class_names=np.array(["a", "b", "c"]))
+    with pytest.raises(ValueError, match="y_test has labels outside 0..2"):
+        data.load_arrays(path)
 
 
 def test_load_dataset_errors():

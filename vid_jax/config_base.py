@@ -9,11 +9,12 @@ def base_config() -> ml_collections.ConfigDict:
     config.seed = 0
 
     config.data = ml_collections.ConfigDict(dict(
-        source="tfds",                      # tfds | image_folder | digits
+        source="tfds",                      # tfds | image_folder | arrays | digits
         name="cifar10",                     # tfds name
         data_dir=placeholder(str),          # tfds data_dir
         download=True,                      # tfds may download when it has network
-        path=placeholder(str),              # image_folder root: path/{train,test}/<class>/*.jpg
+        path=placeholder(str),              # image_folder root (path/{train,test}/<class>/*.jpg)
+                                            # or arrays .npz (x_train, y_train, x_test, y_test)
         image_size=placeholder(int),        # image_folder resize; None keeps the files' size
         train_split="train",
         test_split="test",

@@ -1,7 +1,8 @@
-"""Data sets in memory: loaders (TFDS, image folders, scikit-learn's digits) and seeded
+"""Data sets in memory: loaders (TFDS, image folders, .npz archives, scikit-learn's digits) and seeded
 per-class subsets of the training split."""
 from vid_jax.data.sources import (
     SOURCES,
+    load_arrays,
     load_dataset,
     load_digits,
     load_image_folder,
@@ -17,6 +18,6 @@ from vid_jax.data.types import Dataset, DatasetUnavailableError, Split
 
 __all__ = [
     "SOURCES", "Dataset", "DatasetUnavailableError", "Split", "apply_subsets", "holdout_split",
-    "images_per_class", "labelled_mask", "load_dataset", "load_digits", "load_image_folder",
-    "load_tfds",
+    "images_per_class", "labelled_mask", "load_arrays", "load_dataset", "load_digits",
+    "load_image_folder", "load_tfds",
 ]

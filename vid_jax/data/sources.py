@@ -1,4 +1,5 @@
-"""Where data sets come from: TFDS, an image folder on disk, or scikit-learn's digits.
+"""Where data sets come from: TFDS, an image folder on disk, a NumPy archive of arrays, or
+scikit-learn's digits.
 
 Each loader reads whole splits into memory as NumPy arrays (uint8 NHWC images, int32 labels);
 `load_dataset` picks one from the data config and then applies the configured subsets.
@@ -223,6 +224,52 @@ def load_image_folder(path: str | os.PathLike, train_split: str = "train",
 
 
 # ---------------------------------------------------------------------------------------------
+# A NumPy archive of arrays: x_train, y_train, x_test, y_test (and optionally class_names).
+
+ARRAY_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def load_arrays(path: str | os.PathLike) -> Dataset:
+    """A data set stored as one `.npz` archive (`np.savez` / `np.savez_compressed`).
+
+    `x_*` are uint8 [N, H, W, C] (or [N, H, W] for grey images), `y_*` integer labels in
+    0..num_classes-1; `class_names`, if present, names the classes. Read without pickle, so
+    an archive cannot run code. This is how `../shared/data/cifar10-lossless.npz` (CIFAR-10's
+    original pixels) is read, and how a user brings any data set that fits in memory.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DatasetUnavailableError(
+            f"Array archive {path} does not exist. Expected an .npz with "
+            f"{', '.join(ARRAY_KEYS)} (see vid_jax.data.load_arrays).")
+    with np.load(path, allow_pickle=False) as archive:
+        missing = [k for k in ARRAY_KEYS if k not in archive.files]
+        if missing:
+            raise ValueError(f"Array archive {path} lacks {missing}; it has {archive.files}. "
+                             f"It needs {', '.join(ARRAY_KEYS)} (and optionally class_names).")
+        arrays = {k: archive[k] for k in ARRAY_KEYS}
+        class_names = (tuple(str(c) for c in archive["class_names"])
+                       if "class_names" in archive.files else ())
+    splits = {}
+    for split in ("train", "test"):
+        images = arrays[f"x_{split}"]
+        splits[split] = Split.from_arrays(images[..., None] if images.ndim == 3 else images,
+                                          arrays[f"y_{split}"])
+    num_classes = len(class_names) or int(max(splits["train"].labels.max(),
+                                              splits["test"].labels.max())) + 1
+    for split, values in splits.items():
+        if values.labels.min() < 0 or values.labels.max() >= num_classes:
+            raise ValueError(f"Array archive {path}: y_{split} has labels outside "
+                             f"0..{num_classes - 1} ({num_classes} classes).")
+    if splits["train"].images.shape[1:] != splits["test"].images.shape[1:]:
+        raise ValueError(f"Array archive {path}: x_train images are "
+                         f"{splits['train'].images.shape[1:]} but x_test images are "
+                         f"{splits['test'].images.shape[1:]}.")
+    return Dataset(train=splits["train"], test=splits["test"], num_classes=num_classes,
+                   class_names=class_names)
+
+
+# ---------------------------------------------------------------------------------------------
 # scikit-learn's digits: 1,797 8x8 grayscale digits that ship with scikit-learn.
 
 def load_digits(test_fraction: float = 0.3, seed: int = 0) -> Dataset:
@@ -266,6 +313,10 @@ def _image_folder_source(c: DataConfig) -> Dataset:
                              image_size=c.get("image_size"))
 
 
+def _arrays_source(c: DataConfig) -> Dataset:
+    return load_arrays(_required(c, "path", "arrays"))
+
+
 def _digits_source(c: DataConfig) -> Dataset:
     # The test split keeps load_digits' fixed seed, so runs with other subset seeds are
     # evaluated on the same test images.
@@ -277,6 +328,7 @@ def _digits_source(c: DataConfig) -> Dataset:
 SOURCES: dict[str, Callable[[DataConfig], Dataset]] = {
     "tfds": _tfds_source,
     "image_folder": _image_folder_source,
+    "arrays": _arrays_source,
     "digits": _digits_source,
 }
 
