@@ -7,6 +7,7 @@ import jax
 
 from vid_jax.models import cifar_resnet, resnet, vgg
 from vid_jax.models.mlp import MLP
+from vid_jax.models.wide_resnet import GROUPS as WRN_GROUPS
 from vid_jax.models.wide_resnet import WideResNet
 
 # A model class, or a partial of one that fixes its architecture (its config may override).

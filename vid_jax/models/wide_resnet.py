@@ -13,6 +13,9 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+# The ends of the three residual groups, the layers VID-I, AT, NST... tap by default.
+GROUPS = ("group1", "group2", "group3")
+
 # PyTorch's kaiming_normal_(mode='fan_out'), as in the reference WRN code.
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -65,7 +68,7 @@ class WideResNet(nn.Module):
                 ((16 * self.width, 1), (32 * self.width, 2), (64 * self.width, 2)), start=1):
             for block in range(blocks_per_group):
                 x = BasicBlock(channels, strides if block == 0 else 1, norm, self.dtype)(x)
-            self.sow("intermediates", f"group{group}", x)
+            self.sow("intermediates", GROUPS[group - 1], x)
         x = nn.relu(norm()(x))
         x = jnp.mean(x, axis=(1, 2))
         self.sow("intermediates", "features", x)
