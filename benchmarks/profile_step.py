@@ -22,7 +22,6 @@ listed by output shape with their arithmetic rate (GFLOP/s on one thread).
   # -> benchmarks/results/profile_<step>_<batch>_<machine>_cpu.json
 """
 import collections
-import datetime
 import glob
 import gzip
 import json
@@ -104,10 +103,8 @@ def main(argv):
     prepared.run(3)
     steps = _RECORDED.value
     with tempfile.TemporaryDirectory() as tmp:
-        steal0 = timing_worker.steal_seconds()
-        with jax.profiler.trace(tmp, create_perfetto_trace=True):
+        with jax.profiler.trace(tmp, create_perfetto_trace=True), timing_worker.Steal() as steal:
             seconds = prepared.run(steps)
-        steal = timing_worker.steal_share(steal0, timing_worker.steal_seconds(), sum(seconds))
         trace_file = glob.glob(os.path.join(tmp, "**", "*perfetto_trace.json.gz"),
                                recursive=True)[0]
         with gzip.open(trace_file) as f:
@@ -166,8 +163,8 @@ def main(argv):
 
     print(f"{_STEP.value} at batch {_BATCH.value}, {jax.device_count()} devices: "
           f"{wall_ms:.1f} ms per step over {steps} recorded steps"
-          + ("" if steal is None else f", {100 * steal:.0f}% of the CPU time stolen by the "
-             "hypervisor meanwhile") + "\n")
+          + ("" if steal.share is None else f", {timing_worker.percent(steal.share)} of the CPU "
+             "time stolen by the hypervisor meanwhile") + "\n")
     print("| thread | " + " | ".join(categories) + " | untraced |")
     print("|---|" + "---:|" * (len(categories) + 1))
     for r in rows:
@@ -181,15 +178,14 @@ def main(argv):
               f"{r['gflop_per_sec_one_thread']:.1f} |")
 
     out = _PROFILE_OUT.value or os.path.join(
-        step_speed.ROOT, "benchmarks", "results",
+        timing_worker.ROOT, "benchmarks", "results",
         f"profile_{_STEP.value}_{_BATCH.value}_{platform.machine()}_{jax.default_backend()}.json")
-    step_speed.write_json_atomically(out, {
+    timing_worker.write_json(out, {
         "step": _STEP.value, "batch_size": _BATCH.value, "devices": jax.device_count(),
         "jax_version": jax.__version__, "machine": platform.machine(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([os.path.relpath(sys.argv[0], step_speed.ROOT)] + sys.argv[1:]),
+        "date": timing_worker.utc_now(), "command": timing_worker.command_line(),
         "step_ms": round(wall_ms, 1), "step_seconds": [round(s, 4) for s in seconds],
-        "steal_share": None if steal is None else round(steal, 3),
+        "steal_share": steal.share,
         "threads_ms_per_step": rows, "convolutions": conv_rows})
     print(f"\nWrote {out}")
 

@@ -17,12 +17,9 @@ Data loading is not timed: every step gets the same batch, already on the device
 
 With --serve it is instead the vid-jax worker of compare_torch.py (see timing_worker.py).
 """
-import datetime
 import importlib.util
-import json
 import os
 import platform
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow is only TFDS's reader here
@@ -43,7 +40,7 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 from vid_jax import augment, data, train  # noqa: E402
 from vid_jax.models import build_model, sown_layers  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = timing_worker.ROOT
 IMAGE_SHAPE = (32, 32, 3)
 NUM_CLASSES = 10
 # teacher_forward: the frozen teacher's eval-mode forward alone, as inside the vid_i step (for
@@ -229,17 +226,16 @@ def measure(kind: str, batch_size: int, steps: int, warmup: int, num_devices: in
     an all-reduce counts as busy)."""
     prepared = prepare(kind, batch_size, num_devices, seed)
     prepared.run(warmup)
-    cpu0, steal0, wall0 = _cpu_seconds(), timing_worker.steal_seconds(), time.perf_counter()
-    times = prepared.run(steps)
-    wall = time.perf_counter() - wall0
-    cores_busy = (_cpu_seconds() - cpu0) / wall
-    steal = timing_worker.steal_share(steal0, timing_worker.steal_seconds(), wall)
+    cpu0, wall0 = _cpu_seconds(), time.perf_counter()
+    with timing_worker.Steal() as steal:
+        times = prepared.run(steps)
+    cores_busy = (_cpu_seconds() - cpu0) / (time.perf_counter() - wall0)
     loss = prepared.final_loss()
     timing_worker.check_loss(loss, f"{kind} at batch {batch_size}")
     result = {**prepared.info, **timing_worker.step_summary(times, batch_size),
               "steps": steps, "warmup": warmup, "cores_busy": round(cores_busy, 2),
               # The share of CPU time the hypervisor took from this VM meanwhile (Linux).
-              "steal_share": None if steal is None else round(steal, 3)}
+              "steal_share": steal.share}
     if loss is not None:
         result["final_loss"] = round(loss, 5)
     return result
@@ -253,18 +249,8 @@ def markdown_table(results: list[dict]) -> str:
         lines.append(f"| {r['step']} | {r['model']} | {r['batch_size']} | "
                      f"{r['compile_seconds']:.1f} | {r['median_step_seconds']:.3f} | "
                      f"{r['images_per_sec']:.1f} | {r['images_per_sec_mean']:.1f} | "
-                     f"{r['cores_busy']:.2f} | " + ("-" if r.get("steal_share") is None
-                                                    else f"{100 * r['steal_share']:.0f}%") + " |")
+                     f"{r['cores_busy']:.2f} | {timing_worker.percent(r.get('steal_share'))} |")
     return "\n".join(lines)
-
-
-def write_json_atomically(path: str, payload: dict) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def main(argv):
@@ -312,16 +298,13 @@ def main(argv):
         "machine": platform.machine(),
         "python": platform.python_version(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
+        "date": timing_worker.utc_now(),
+        "command": timing_worker.command_line(),
         "wall_seconds": round(time.perf_counter() - started, 1),
-        # Other work on the machine slows every step. "before" is others' load when the run
-        # began (above ~0.5 on this 2-core CPU: the figures are low); "after" includes ours.
-        "load_average_1_5_15_min": {"before": [round(v, 2) for v in load_before],
-                                    "after": [round(v, 2) for v in os.getloadavg()]},
+        "load_average_1_5_15_min": timing_worker.load_average(load_before),
         "results": results,
     }
-    write_json_atomically(out, payload)
+    timing_worker.write_json(out, payload)
     print()
     print(f"{payload['backend']} x{mesh_size} ({payload['device_kind']}), jax "
           f"{payload['jax_version']}, {payload['cpu_count']} CPUs, {payload['date']}")

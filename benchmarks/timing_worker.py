@@ -1,6 +1,7 @@
-"""What the two timing workers share, `step_speed.py` in vid-jax's virtualenv and
-`torch_step.py` in PyTorch's: the summary of timed steps, the loss check, the hypervisor's
-steal, and the line protocol by which `compare_torch.py` drives them (`--serve`).
+"""What the benchmark scripts share: the summary of timed steps, the loss check, the
+hypervisor's steal, the results file's header fields and its writing, and the line protocol by
+which `compare_torch.py` drives its two timing workers (`step_speed.py --serve` in vid-jax's
+virtualenv, `torch_step.py --serve` in PyTorch's, or two of `step_speed.py`).
 
 Standard library only, because both virtualenvs import it. The controller writes one JSON
 command per line to a worker's stdin; the worker answers each with one line on stdout that
@@ -18,15 +19,46 @@ starts with REPLY (anything else it prints is passed over):
 A failure answers {"error": "..."}. Only one worker runs steps at a time: the other waits,
 blocked on its stdin, so each block of steps has the machine to itself.
 """
+import datetime
 import json
 import math
 import os
 import statistics
 import sys
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
 REPLY = "@@reply "
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the project's root
+
+
+def command_line() -> str:
+    """This run's command line, the script's path relative to the project root."""
+    return " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def load_average(before: tuple[float, ...]) -> dict:
+    """The 1, 5 and 15 min load averages when a run began and now. Other work on the machine
+    slows every step: "before" above ~0.5 on a 2-core CPU means low figures ("after"
+    includes the run itself)."""
+    return {"before": [round(v, 2) for v in before],
+            "after": [round(v, 2) for v in os.getloadavg()]}
+
+
+def write_json(path: str, payload: Any) -> None:
+    """Writes `payload` to `path` through a temporary file, so that no half-written results
+    file is left; creates the directory if needed."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
 
 
 def step_summary(seconds: list[float], batch_size: int) -> dict:
@@ -65,6 +97,26 @@ def steal_share(steal_before: float | None, steal_after: float | None,
     if steal_before is None or steal_after is None or wall_seconds <= 0:
         return None
     return (steal_after - steal_before) / (wall_seconds * (os.cpu_count() or 1))
+
+
+def percent(share: float | None) -> str:
+    """A steal share for a table: "12%", or "-" where it was not measured."""
+    return "-" if share is None else f"{100 * share:.0f}%"
+
+
+class Steal:
+    """`with Steal() as steal: ...`, then `steal.share`: the share of the machine's CPU time
+    stolen while the block ran, rounded to 3 decimals (None where Linux's /proc/stat is not)."""
+
+    share: float | None = None
+
+    def __enter__(self) -> "Steal":
+        self._before, self._wall0 = steal_seconds(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        share = steal_share(self._before, steal_seconds(), time.perf_counter() - self._wall0)
+        self.share = None if share is None else round(share, 3)
 
 
 class Prepared(Protocol):

@@ -24,12 +24,9 @@ On a CPU that other work keeps busy, OpenMP threads wait on each other at every 
 `--threads=1` there (2 threads on a loaded 2-core machine measured ~40x slower).
 """
 import argparse
-import datetime
-import json
 import math
 import os
 import platform
-import sys
 import time
 from collections.abc import Callable
 
@@ -39,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = timing_worker.ROOT
 # teacher_forward: the frozen teacher's eval-mode forward alone (normalise, forward), as inside
 # the vid_i step, for the breakdown vid_i = teacher forward + student step + distillation.
 KINDS = ("teacher", "student", "vid_i", "teacher_forward")
@@ -247,15 +244,13 @@ def measure(kind: str, batch_size: int, steps: int, warmup: int, seed: int,
             channels_last: bool) -> dict:
     prepared = prepare(kind, batch_size, seed, channels_last)
     prepared.run(warmup)
-    steal0, wall0 = timing_worker.steal_seconds(), time.perf_counter()
-    times = prepared.run(steps)
-    steal = timing_worker.steal_share(steal0, timing_worker.steal_seconds(),
-                                      time.perf_counter() - wall0)
+    with timing_worker.Steal() as steal:
+        times = prepared.run(steps)
     final = prepared.final_loss()
     timing_worker.check_loss(final, f"{kind} at batch {batch_size}")
     result = {**prepared.info, **timing_worker.step_summary(times, batch_size),
               "steps": steps, "warmup": warmup,
-              "steal_share": None if steal is None else round(steal, 3)}
+              "steal_share": steal.share}
     if final is not None:
         result["final_loss"] = round(final, 5)
     return result
@@ -325,18 +320,13 @@ def main() -> None:
         "threads": torch.get_num_threads(), "channels_last": args.channels_last,
         "cpu_count": os.cpu_count(), "machine": platform.machine(),
         "python": platform.python_version(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
+        "date": timing_worker.utc_now(),
+        "command": timing_worker.command_line(),
         "wall_seconds": round(time.perf_counter() - started, 1),
-        # Other work on the machine slows every step; see step_speed.py.
-        "load_average_1_5_15_min": {"before": [round(v, 2) for v in load_before],
-                                    "after": [round(v, 2) for v in os.getloadavg()]},
+        "load_average_1_5_15_min": timing_worker.load_average(load_before),
         "results": results,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(payload, f, indent=2)
-        f.write("\n")
+    timing_worker.write_json(args.out, payload)
     print(f"\npytorch {payload['torch_version']}, {payload['threads']} threads, channels_last="
           f"{args.channels_last}, {payload['cpu_count']} CPUs, {payload['date']}")
     print(markdown_table(results))
