@@ -20,6 +20,7 @@ With --serve it is instead the vid-jax worker of compare_torch.py (see timing_wo
 import importlib.util
 import os
 import platform
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow is only TFDS's reader here
@@ -64,6 +65,8 @@ _SERVE = flags.DEFINE_bool("serve", False, "Run as compare_torch.py's timing wor
 # Configs: the repository's own, so the step is the one a real run compiles.
 
 def _load_config(filename: str, *args):
+    if ROOT not in sys.path:  # as launch.py runs: configs may import `configs.<module>`
+        sys.path.insert(0, ROOT)
     path = os.path.join(ROOT, "configs", filename)
     spec = importlib.util.spec_from_file_location(f"_benchmark_{filename[:-3]}", path)
     module = importlib.util.module_from_spec(spec)
