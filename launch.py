@@ -1,12 +1,15 @@
-"""Runs one config: a teacher, a student, a distillation run or a pipeline of them.
+"""Runs a config: one run, a pipeline of runs (a teacher, then students), or a grid of the paper.
 
   python launch.py --config=configs/cifar100_wrn16_2.py --workdir=workdirs/vid
   python launch.py --config=configs/quickstart.py --config.jobs.student_vid_i.distill.vid_i.weight=2
+  python launch.py --config=configs/cifar10_table1.py --config.columns=M=100 --config.seeds=0,1
+  python launch.py --config=configs/cifar10_table1.py --list    # the runs, without training
 
-Running the same command again resumes from the workdir's latest checkpoint.
+Any field can be overridden with --config.a.b=v. Running the same command again reads the runs
+that finished, and resumes an interrupted one from its latest checkpoint (vid_jax/runner.py).
 """
-import json
 import os
+import shlex
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow is only TFDS's reader here
@@ -19,42 +22,84 @@ host.use_all_cpu_cores()  # before JAX starts: one XLA CPU device per core
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from vid_jax import data, pipeline, train  # noqa: E402
+from vid_jax import data, runner  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A config file: configs/<name>.py.")
 _WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Where checkpoints, metrics and summary.json go (default workdirs/<config>).")
+    "workdir", None, "Where the runs write checkpoints, metrics and summary.json (default "
+    "workdirs/<config>; a grid's: workdirs/experiments/<grid>_<scale>).")
+_LIST = flags.DEFINE_bool("list", False, "Print the config's runs and their workdirs; train "
+                          "nothing.")
 _DEBUG = flags.DEFINE_bool(
     "debug", False, "Show library INFO logs and the full traceback of configuration errors.")
 flags.mark_flags_as_required(["config"])
 
 # Errors that mean the input is wrong, not the code: shown as one message, no traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, data.DatasetUnavailableError,
-               train.TrainingDiverged)
+# FloatingPointError: training.TrainingDiverged (a loss became NaN or infinite).
+USER_ERRORS = (ValueError, KeyError, TypeError, FileNotFoundError,
+               data.DatasetUnavailableError, FloatingPointError)
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _unquoted(text: str) -> str:
+    """`'x'` -> `x`: str() of a KeyError (or of config_flags' AttributeError) quotes it."""
+    text = text.strip()
+    return text[1:-1] if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"" else text
+
+
+def _flag_error(error: Exception, argv: list[str]) -> str:
+    """One line for a command line that config_flags could not apply."""
+    text = _unquoted(str(error))
+    if "Error whilst parsing config file" in text:  # get_config raised: its last line says why
+        text = text.splitlines()[-1].split(": ", 1)[-1]
+    elif isinstance(error, (AttributeError, KeyError)):  # an override of a field it lacks
+        field, _, hint = text.partition("\\n")
+        field = _unquoted(field.replace("\\'", "'"))
+        given = [a for a in argv if a.startswith("--config.")
+                 and field in a.split("=", 1)[0].split(".")]
+        text = (f"{given[0] if given else '--config'}: the config has no field {field!r}"
+                + (f" ({hint.strip().replace('Did you', 'did you')})" if hint else "") + ".")
+    return " ".join(text.split())
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as error:
+        if "--debug" in argv:
+            raise
+        _fail(_flag_error(error, argv))
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        _fail(f"unexpected arguments {argv[1:]}; fields are set with --config.a.b=v.")
     if not _DEBUG.value:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     config = _CONFIG.value
     name = os.path.splitext(os.path.basename(config_flags.get_config_filename(
         flags.FLAGS["config"])))[0]
-    workdir = _WORKDIR.value or os.path.join("workdirs", name)
+    workdir = _WORKDIR.value or runner.default_workdir(config, name)
     try:
-        if "jobs" in config:
-            summaries = pipeline.run_jobs(config, workdir)
-            print()
-            print(pipeline.accuracy_table(summaries, dict(config.get("descriptions") or {})))
-        else:
-            summary = train.train_and_evaluate(config, workdir)
-            print(json.dumps(summary, indent=2))
+        runs = runner.expand(config, workdir)
+        runner.check_overrides(config, config_flags.get_override_values(flags.FLAGS["config"]),
+                               runs)
+        if _LIST.value:
+            print(runner.describe(runs))
+            return
+        command = "python launch.py " + shlex.join(sys.argv[1:])
+        outcome = runner.run(config, workdir, command, runs=runs)
     except USER_ERRORS as e:
         if _DEBUG.value:
             raise
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        _fail(_unquoted(str(e)))
+    print()
+    print(outcome.text)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

@@ -7,14 +7,11 @@ Reference (RepDistiller, CRD paper Table 1): VID 74.11% top-1; student alone 73.
 """
 import ml_collections
 
-from vid_jax.config_base import cifar100_recipe
+from configs import common
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = cifar100_recipe()
-    config.model.update(depth=16, width=2)
-    config.teacher.model = ml_collections.ConfigDict(dict(name="wrn", depth=40, width=2))
-    config.teacher.workdir = "workdirs/cifar100_wrn40_2"
+    config = common.with_row(common.cifar100_student(16, 2), "vid_i",
+                             common.CIFAR100_TEACHER_WORKDIR)
     config.task_loss_weight = 1.0
-    config.distill.vid_i = dict(weight=1.0, layers=("group1", "group2", "group3"))
     return config

@@ -4,10 +4,11 @@
 """
 import ml_collections
 
+from configs import common
 from vid_jax.config_base import cifar100_recipe
 
 
 def get_config() -> ml_collections.ConfigDict:
     config = cifar100_recipe()
-    config.model.update(depth=40, width=2)
+    config.model = ml_collections.ConfigDict(common.TEACHER_MODEL)
     return config

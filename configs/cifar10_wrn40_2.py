@@ -19,6 +19,7 @@ The argument after the colon picks the schedule:
 """
 import ml_collections
 
+from configs import common
 from vid_jax.config_base import cifar10_recipe
 
 SCHEDULES = ("full", "cpu", "lossless")
@@ -28,15 +29,14 @@ def get_config(schedule: str = "full") -> ml_collections.ConfigDict:
     if schedule not in SCHEDULES:
         raise ValueError(f"Unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}.")
     config = cifar10_recipe()
-    config.model.update(depth=40, width=2)
+    config.model = ml_collections.ConfigDict(common.TEACHER_MODEL)
     if schedule == "cpu":
-        config.data.source = "image_folder"
-        config.data.path = "../shared/data/cifar10-jpeg"
+        common.cifar10_images(config)
         config.num_epochs = 15
         config.optimizer.schedule = "cosine"
     if schedule == "lossless":
         config.data.source = "arrays"
-        config.data.path = "../shared/data/cifar10-lossless.npz"
+        config.data.path = common.CIFAR10_LOSSLESS
         config.data.validation_fraction = 0.02
         config.num_epochs = 40
         config.optimizer.schedule = "cosine"

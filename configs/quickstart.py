@@ -11,6 +11,7 @@ import copy
 import ml_collections
 
 from vid_jax.config_base import digits_recipe
+from vid_jax.models import WRN_GROUPS
 
 IMAGES_PER_CLASS = 10
 
@@ -23,7 +24,7 @@ def get_config() -> ml_collections.ConfigDict:
     vid.teacher.workdir = "{workdir}/teacher"
     # The VID term is a mean over every element of three maps, small beside the cross-entropy;
     # on 100 training images a weight of 16 did best of 1, 4, 8, 16, 32 (seed 0).
-    vid.distill.vid_i = dict(weight=16.0, layers=("group1", "group2", "group3"))
+    vid.distill.vid_i = dict(weight=16.0, layers=WRN_GROUPS)
 
     config = ml_collections.ConfigDict()
     config.jobs = dict(teacher=teacher, student=student, student_vid_i=vid)

@@ -1,0 +1,34 @@
+"""Table 1a of the VID paper: CIFAR-10, WRN-40-2 teacher -> WRN-16-1 student, M training images
+per class (M = 5000/1000/500/100); rows student, kd, fitnet, at, nst, vid_i, kd+at, kd+vid_i.
+
+A grid: every cell is the run of configs/cifar10_wrn16_1.py:ROW with
+data.images_per_class = M, in workdir/ROW/M=<M>/seed<k> (the seed draws the subset too). The
+argument after the colon picks the scale: small (default; round(61,440 / 10 M) epochs, cosine)
+or full (WRN's recipe, 200 epochs). Results: results/cifar10_table1_<scale>.{json,md}.
+
+  python launch.py --config=configs/cifar10_table1.py --list
+  python launch.py --config=configs/cifar10_table1.py --config.columns=M=100 --config.seeds=0,1
+  python launch.py --config=configs/cifar10_table1.py:full --config.rows=student,vid_i
+  # an ablation in its own workdir and results file (a term's field reaches the rows with it):
+  python launch.py --config=configs/cifar10_table1.py --config.rows=vid_i \\
+      --config.columns=M=100 --config.seeds=0 --config.terms.vid_i.weight=10 \\
+      --workdir=workdirs/ablations/vid_w10 --config.results=results/ablations/vid_w10.json
+"""
+import ml_collections
+
+from configs import common
+
+M = (5000, 1000, 500, 100)
+
+
+def get_config(scale: str = "small") -> ml_collections.ConfigDict:
+    return common.grid(
+        "cifar10_table1",
+        "Table 1a: CIFAR-10, WRN-40-2 teacher -> WRN-16-1 student, M training images per class",
+        common.table1_student(), common.TABLE1_ROWS,
+        {f"M={m}": dict(data=dict(images_per_class=m)) for m in M}, scale,
+        train_images={f"M={m}": 10 * m for m in M},
+        seed_fields=("seed", "data.subset_seed"),
+        teacher=common.teacher(common.CIFAR10_TEACHER_WORKDIR),
+        teacher_hint=common.CIFAR10_TEACHER_HINT,
+        notes="Each seed draws its own M-per-class subset (config.data.subset_seed = seed).")

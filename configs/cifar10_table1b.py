@@ -1,0 +1,26 @@
+"""Table 1b of the VID paper: CIFAR-10, WRN-40-2 -> WRN-16-1, all 50,000 training images, N_l of
+them labelled per class (N_l = 1000/500/100); the others get no task loss, only the
+distillation terms. Rows as Table 1a (configs/cifar10_table1.py, which says how to select and
+override); the argument after the colon picks the scale: small (default) or full.
+
+  python launch.py --config=configs/cifar10_table1b.py --list
+  python launch.py --config=configs/cifar10_table1b.py --config.columns=N_l=100 --config.seeds=0
+"""
+import ml_collections
+
+from configs import common
+
+N_L = (1000, 500, 100)
+
+
+def get_config(scale: str = "small") -> ml_collections.ConfigDict:
+    return common.grid(
+        "cifar10_table1b",
+        "Table 1b: CIFAR-10, WRN-40-2 -> WRN-16-1, all 50,000 images, N_l labelled per class",
+        common.table1_student(), common.TABLE1_ROWS,
+        {f"N_l={n}": dict(data=dict(labels_per_class=n)) for n in N_L}, scale,
+        train_images={f"N_l={n}": 50_000 for n in N_L},
+        seed_fields=("seed", "data.subset_seed"),
+        teacher=common.teacher(common.CIFAR10_TEACHER_WORKDIR),
+        teacher_hint=common.CIFAR10_TEACHER_HINT,
+        notes="Unlabelled images get no task loss, only the distillation terms.")
