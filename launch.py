@@ -56,6 +56,10 @@ def _flag_error(error: Exception, argv: list[str]) -> str:
     text = _unquoted(str(error))
     if "Error whilst parsing config file" in text:  # get_config raised: its last line says why
         text = text.splitlines()[-1].split(": ", 1)[-1]
+    elif "Attempted [Relative path]:" in text:  # the file is missing
+        path, _, why = " ".join(text.split("Attempted [Relative path]:", 1)[1].split()
+                                ).partition(" ")
+        text = f"--config={path}: {why}"
     elif isinstance(error, (AttributeError, KeyError)):  # an override of a field it lacks
         field, _, hint = text.partition("\\n")
         field = _unquoted(field.replace("\\'", "'"))
@@ -63,13 +67,15 @@ def _flag_error(error: Exception, argv: list[str]) -> str:
                  and field in a.split("=", 1)[0].split(".")]
         text = (f"{given[0] if given else '--config'}: the config has no field {field!r}"
                 + (f" ({hint.strip().replace('Did you', 'did you')})" if hint else "") + ".")
+    elif not isinstance(error, (flags.Error, ValueError, TypeError, OSError)):
+        text = f"{type(error).__name__}: {text}"  # e.g. the config file failed to import
     return " ".join(text.split())
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS(argv)
-    except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as error:
+    except Exception as error:  # a bad config file or override: one line
         if "--debug" in argv:
             raise
         _fail(_flag_error(error, argv))
@@ -81,6 +87,10 @@ def main(argv):
     if not _DEBUG.value:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     config = _CONFIG.value
+    try:
+        runner.kind(config)
+    except OSError as error:  # config_flags defers a missing file's error to the first use
+        _fail(_flag_error(error, argv))
     name = os.path.splitext(os.path.basename(config_flags.get_config_filename(
         flags.FLAGS["config"])))[0]
     workdir = _WORKDIR.value or runner.default_workdir(config, name)

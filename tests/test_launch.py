@@ -112,6 +112,8 @@ def test_overrides_of_unset_fields_reach_the_run(tmp_path):
 def test_a_bad_config_argument_or_override_is_one_message(tmp_path):
     for args, message in [
             (["--config=configs/cifar10_wrn16_1.py:kd_at"], "error: Unknown row 'kd_at'; "),
+            (["--config=configs/nope.py"], "error: --config=configs/nope.py: [Errno 2] No such "
+                                           "file"),
             (["--config=configs/quickstart.py", "--config.jobs.teacher.num_epoch=2"],
              "error: --config.jobs.teacher.num_epoch=2: the config has no field 'num_epoch'"),
             (["--config=configs/quickstart.py", "--config.jobs.teacher.num_epochs=2.5"],
