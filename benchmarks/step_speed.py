@@ -1,4 +1,4 @@
-"""Train-step speed of the library's own step (`vid_jax.train.make_train_step`) on this backend.
+"""Train-step speed of the library's own step (`vid_jax.training.prepare(...).train_step()`).
 
 For each batch size it times three steps on random uint8 CIFAR-shaped images (32x32x3, 10
 classes), with the models, optimizer and augmentation of the CIFAR-10 configs of Table 1a:
@@ -38,7 +38,7 @@ from absl import app, flags  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
-from vid_jax import augment, data, train  # noqa: E402
+from vid_jax import augment, data, training  # noqa: E402
 from vid_jax.models import build_model, sown_layers  # noqa: E402
 
 ROOT = timing_worker.ROOT
@@ -90,13 +90,13 @@ def model_name(model_config) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Set-up, as train.train_and_evaluate does it (from a checkpoint-free start).
+# Set-up, as training.train_and_evaluate does it (from a checkpoint-free start).
 
 _TEACHERS = {}  # (model, seed) -> (module, variables): calibrated once, used at every batch size
 
 
 def init_teacher(config, seed: int, calibration_passes: int = 30):
-    """The frozen teacher with random variables, in the shape `train.load_teacher` returns.
+    """The frozen teacher with random variables, in the shape `training.load_teacher` returns.
 
     Its batch-norm running statistics are calibrated on random images (train-mode passes), as
     training would leave them: with the initial ones (mean 0, variance 1) a random WRN-40-2's
@@ -158,7 +158,7 @@ def _prepare_teacher_forward(batch_size: int, num_devices: int | None,
     """The vid_i step's teacher part alone: normalise, eval-mode forward, sown layers."""
     config = make_config("vid_i", batch_size, num_devices)
     teacher, variables = init_teacher(config, seed + 1)
-    mesh = train.make_mesh(num_devices, (batch_size,))
+    mesh = training.make_mesh(num_devices, (batch_size,))
     mean, std = tuple(config.data.mean), tuple(config.data.std)
 
     def forward(variables, images):
@@ -169,10 +169,10 @@ def _prepare_teacher_forward(batch_size: int, num_devices: int | None,
     images = np.random.default_rng([seed, batch_size]).integers(
         0, 256, (batch_size, *IMAGE_SHAPE), dtype=np.uint8)
     args = (jax.device_put(variables, NamedSharding(mesh, P())),
-            jax.device_put(images, NamedSharding(mesh, P(train.AXIS))))
+            jax.device_put(images, NamedSharding(mesh, P(training.AXIS))))
     t0 = time.perf_counter()
-    fn = jax.jit(jax.shard_map(forward, mesh=mesh, in_specs=(P(), P(train.AXIS)),
-                               out_specs=P(train.AXIS))).lower(*args).compile()
+    fn = jax.jit(jax.shard_map(forward, mesh=mesh, in_specs=(P(), P(training.AXIS)),
+                               out_specs=P(training.AXIS))).lower(*args).compile()
     info = {"step": "teacher_forward", "model": model_name(config.teacher.model),
             "batch_size": batch_size, "distill": {},
             "compile_seconds": round(time.perf_counter() - t0, 3), "devices": mesh.size}
@@ -191,29 +191,18 @@ def prepare(kind: str, batch_size: int, num_devices: int | None, seed: int) -> P
     images = rng.integers(0, 256, (batch_size, *IMAGE_SHAPE), dtype=np.uint8)
     labels = rng.integers(0, NUM_CLASSES, (batch_size,)).astype(np.int32)
     split = data.Split.from_arrays(images, labels)
-    run = train.prepare(config, data.Dataset(split, split, NUM_CLASSES),
-                        teacher_variables=teacher_variables)
-    mesh = run.mesh
-
-    replicated = NamedSharding(mesh, P())
-    state = jax.device_put(run.state, replicated)
-    teacher_variables = jax.device_put(teacher_variables, replicated)
-    batch = jax.device_put((split.images, split.labels, split.labelled,
-                            np.arange(batch_size, dtype=np.int32)),
-                           NamedSharding(mesh, P(train.AXIS)))
-    jax.block_until_ready((state, teacher_variables, batch))
-
-    t0 = time.perf_counter()
-    step = train.make_train_step(run.student, run.teacher, run.terms, run.tx, mesh, run.config,
-                                 len(split), NUM_CLASSES)
-    step_fn = step.lower(state, teacher_variables, *batch).compile()
+    run = training.prepare(config, data.Dataset(split, split, NUM_CLASSES),
+                           teacher_variables=teacher_variables)
+    state, batch, step = run.place(run.state), run.batch(0), run.train_step()
+    jax.block_until_ready((state, batch))
+    compile_seconds = step.compile(state, batch)
     model = model_name(config.model)
     if teacher is not None:
         model += f" <- {model_name(config.teacher.model)}"
     info = {"step": kind, "model": model, "batch_size": batch_size,
             "distill": {t.name: t.weight for t in run.terms},
-            "compile_seconds": round(time.perf_counter() - t0, 3), "devices": mesh.size}
-    return PreparedStep(step_fn, (state, teacher_variables, *batch), carry=True, info=info)
+            "compile_seconds": round(compile_seconds, 3), "devices": run.mesh.size}
+    return PreparedStep(step, (state, batch), carry=True, info=info)
 
 
 def _cpu_seconds() -> float:
@@ -262,7 +251,7 @@ def main(argv):
         timing_worker.serve(
             lambda kind, batch_size: prepare(kind, batch_size, _NUM_DEVICES.value, _SEED.value),
             about={"jax_version": jax.__version__, "backend": jax.default_backend(),
-                   "devices": train.make_mesh(_NUM_DEVICES.value).size,
+                   "devices": training.make_mesh(_NUM_DEVICES.value).size,
                    "xla_flags": os.environ.get("XLA_FLAGS", "")})
         return
     unknown = [k for k in _MEASURE.value if k not in KINDS]
@@ -271,7 +260,7 @@ def main(argv):
     if _STEPS.value < 1 or _WARMUP.value < 0:
         raise app.UsageError("--steps must be at least 1 and --warmup at least 0.")
     batch_sizes = [int(b) for b in _BATCH_SIZES.value]
-    mesh_size = train.make_mesh(_NUM_DEVICES.value).size
+    mesh_size = training.make_mesh(_NUM_DEVICES.value).size
     bad = [b for b in batch_sizes if b <= 0 or b % mesh_size]
     if bad:
         raise app.UsageError(f"--batch_sizes {bad}: each must be a positive multiple of the "

@@ -155,7 +155,8 @@ def _toy_grid(teacher_workdir=None, cell=None):
     return runner.grid_config(
         "toy", "Toy", cell or base_config(), ("student", "kd"), {"a": {}, "b": {}},
         terms={"kd": dict(weight=1.0, temperature=4.0)}, teacher=teacher,
-        seeds=(0, 1), scale="small", paper={"kd": {"a": 50.0}}, teacher_hint="Train it with X.")
+        seeds=(0, 1), scale="small", paper={"kd": {"a": 50.0}}, teacher_hint="Train it with X.",
+        runs_per_step=1)
 
 
 def _fake_train(calls, fail_after=None):
@@ -179,6 +180,31 @@ def _fake_train(calls, fail_after=None):
 def _teacher_checkpoint(tmp_path):
     os.makedirs(tmp_path / "teacher" / "best")
     return str(tmp_path / "teacher")
+
+
+def test_cells_that_see_the_same_batches_train_together(tmp_path):
+    """Rows of one column and seed share a step; other seeds or data do not; a group holds
+    at most runs_per_step cells; the summaries come back to each cell."""
+    config = _toy_grid(_teacher_checkpoint(tmp_path))
+    config.table.changes["b"] = {"data": {"images_per_class": 5}}
+    config.runs_per_step = 8
+    runs = runner.expand(config, str(tmp_path / "grid"))
+    names = lambda groups: [[r.name for r in g] for g in groups]  # noqa: E731
+    assert names(runner.step_groups(runs, 8)) == [
+        ["student/a/seed0", "kd/a/seed0"], ["student/a/seed1", "kd/a/seed1"],
+        ["student/b/seed0", "kd/b/seed0"], ["student/b/seed1", "kd/b/seed1"]]
+    assert names(runner.step_groups(runs, 1)) == [[r.name] for r in runs]
+
+    calls, groups = [], []
+    fake = _fake_train(calls)
+
+    def together(configs, workdirs):
+        groups.append(len(configs))
+        return [fake(c, w) for c, w in zip(configs, workdirs)]
+
+    outcome = runner.run(config, str(tmp_path / "grid"), "cmd", fake, together_fn=together)
+    assert groups == [2, 2, 2, 2] and len(calls) == 8
+    assert outcome.summaries["kd/b/seed1"]["final_test_accuracy"] == pytest.approx(0.71)
 
 
 def test_an_interrupted_grid_resumes_and_tabulates_every_cell(tmp_path):

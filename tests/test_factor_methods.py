@@ -15,11 +15,13 @@ import pytest
 from absl.testing import parameterized
 from jax.sharding import PartitionSpec as P
 
+from vid_jax import methods
 from vid_jax.heads import factors as factor_heads
 from vid_jax.losses import core as core_losses
 from vid_jax.losses import factors as fl
 from vid_jax.methods import factors as factor_methods
-from vid_jax.methods.base import DISTILL, example_context
+from vid_jax.methods.base import example_context
+from vid_jax.training.prepare import init_term
 
 BY_NAME = {m.name: m for m in factor_methods.METHODS}
 WRN_STUDENT = dict(channels=(16, 32, 64))   # WRN-10-1
@@ -60,8 +62,13 @@ def _jitted(fn, *args, **kwargs):
     return jax.jit(lambda *a: fn(*a, **kwargs))(*args)
 
 
-def _init(term, student, teacher, ctx):
-    return _jitted(term.init, {"params": KEY}, student, teacher, ctx)
+def _init(term, student, teacher, ctx, method=None):
+    """The term's variables; with its registry entry, those of its stages' modules too (as
+    the trainer initialises them)."""
+    if method is None:
+        return _jitted(term.init, {"params": KEY}, student, teacher, ctx)
+    return jax.jit(lambda *a: init_term(methods.Term(method.name, 1.0, term, method), KEY, *a))(
+        student, teacher, ctx)
 
 
 def _mesh():
@@ -368,30 +375,33 @@ class HeadsTest(chex.TestCase):
 # Terms.
 
 
-def _train_term(name, stage, steps=10, lr=3e-3, batch=4):
+def _train_term(name, stage_name, steps=10, lr=3e-3, batch=4):
     """Adam on the term's params that the stage trains (all but `frozen` ones in the main
-    stage, only the named submodule in a pre-stage) and on every student layer as a free
-    variable. Returns the losses, first to last, the first step's gradients with respect
-    to the student's layers, and the term."""
+    stage (None), only the submodules it names in a pre-stage) and on every student layer as
+    a free variable, through the module that gives the stage's loss. Returns the losses,
+    first to last, the first step's gradients with respect to the student's layers, and the
+    term."""
     rng = np.random.default_rng(16)
     student = _wrn_layers(rng, batch, **WRN_STUDENT)
     teacher = _wrn_layers(rng, batch, **WRN_TEACHER)
     method = BY_NAME[name]
     term = _build(method)
-    ctx = _context(batch, stage=stage)
-    variables = _init(term, student, teacher, ctx)
+    ctx = _context(batch)
+    variables = _init(term, student, teacher, ctx, method)
     state = _state(variables)
-    if stage == DISTILL:
+    if stage_name is None:
+        module = term
         params = {k: v for k, v in variables["params"].items() if k not in method.frozen}
     else:
-        owned = [t.split(":")[1] for t in method.stages[0].trains]
-        params = {k: variables["params"][k] for k in owned}
+        stage = next(s for s in method.stages if s.name == stage_name)
+        module = stage.loss(term)
+        params = {k: variables["params"][k] for k in stage.trains_heads}
     fixed = {k: v for k, v in variables["params"].items() if k not in params}
 
     def loss(free, state):
         params, layers = free
-        return term.apply({"params": {**params, **fixed}, **state}, layers, teacher, ctx,
-                          mutable=list(state))
+        return module.apply({"params": {**params, **fixed}, **state}, layers, teacher, ctx,
+                            mutable=list(state))
 
     opt = optax.adam(lr)
     free = (params, student)
@@ -400,7 +410,7 @@ def _train_term(name, stage, steps=10, lr=3e-3, batch=4):
     def step(free, state, opt_state):
         (value, state), grads = jax.value_and_grad(loss, has_aux=True)(free, state)
         layer_grads = grads[1]
-        if stage != DISTILL:  # a pre-stage does not train the student
+        if stage_name is not None:  # a pre-stage does not train the student
             grads = (grads[0], jax.tree.map(jnp.zeros_like, grads[1]))
         updates, opt_state = opt.update(grads, opt_state)
         return optax.apply_updates(free, updates), state, opt_state, value, layer_grads
@@ -415,7 +425,7 @@ def _train_term(name, stage, steps=10, lr=3e-3, batch=4):
 
 
 # Every method's main stage, and the pre-stage of FT and of IE-KD (its variants share it).
-CASES = [(m.name, DISTILL) for m in factor_methods.METHODS if m.name != "ie_kd"] + [
+CASES = [(m.name, None) for m in factor_methods.METHODS if m.name != "ie_kd"] + [
     ("ft", factor_methods.FT_STAGE), ("ie_ft", factor_methods.IE_STAGE)]
 
 
@@ -426,7 +436,7 @@ def test_every_term_trains_and_reads_only_its_layers(name, stage):
     assert values[-3:].mean() < values[0], values
     for layer, g in grads.items():
         # Gradients reach exactly the layers the term says it reads (none in a pre-stage).
-        reads = stage == DISTILL and layer in term.student_layer_names
+        reads = stage is None and layer in term.student_layer_names
         assert bool(jnp.any(g != 0)) == reads, layer
 
 
@@ -436,11 +446,10 @@ def test_stages_and_frozen_parts_name_existing_submodules(name):
     rng = np.random.default_rng(17)
     student, teacher = _wrn_layers(rng, 2, **WRN_STUDENT), _wrn_layers(rng, 2, **WRN_TEACHER)
     term = _build(BY_NAME[name])
-    shapes = jax.eval_shape(lambda: _init(term, student, teacher, _context(2)))
+    shapes = jax.eval_shape(lambda: _init(term, student, teacher, _context(2), BY_NAME[name]))
     for stage in BY_NAME[name].stages:
-        for trains in stage.trains:
-            if trains.startswith("heads:"):
-                assert trains.split(":")[1] in shapes["params"]
+        for trains in stage.trains_heads or ():
+            assert trains in shapes["params"]
     for frozen in BY_NAME[name].frozen:
         assert frozen in shapes["params"]
 
@@ -452,7 +461,7 @@ def test_fixed_autoencoder_gets_no_gradient_and_keeps_its_statistics(name):
     term = _build(BY_NAME[name])
     (frozen,) = BY_NAME[name].frozen
     ctx = _context(4)
-    variables = _init(term, student, teacher, ctx)
+    variables = _init(term, student, teacher, ctx, BY_NAME[name])
     grads, state = jax.jit(jax.grad(
         lambda p: term.apply({**variables, "params": p}, student, teacher, ctx,
                              mutable=["batch_stats"]), has_aux=True))(variables["params"])
@@ -460,9 +469,9 @@ def test_fixed_autoencoder_gets_no_gradient_and_keeps_its_statistics(name):
         np.testing.assert_array_equal(leaf, 0.0)
     chex.assert_trees_all_equal(state["batch_stats"][frozen], variables["batch_stats"][frozen])
     # In its own stage it is what trains, on the teacher alone.
-    stage_ctx = ctx.replace(stage=BY_NAME[name].stages[0].name)
+    stage_loss = BY_NAME[name].stages[0].loss(term)
     grads, state = jax.jit(jax.grad(
-        lambda p, s: term.apply({**variables, "params": p}, s, teacher, stage_ctx,
+        lambda p, s: stage_loss.apply({**variables, "params": p}, s, teacher, ctx,
                                 mutable=["batch_stats"]), argnums=(0, 1), has_aux=True))(
             variables["params"], student)
     assert any(np.any(leaf != 0) for leaf in jax.tree.leaves(grads[0][frozen]))
@@ -541,7 +550,8 @@ def test_ie_variants_and_alias():
     assert [BY_NAME[n].build.distance for n in ("ie_ft", "ie_at", "ie_od")] == ["ft", "at", "od"]
     for name in ("ie_ft", "ie_at", "ie_od", "ie_kd"):
         assert BY_NAME[name].frozen == ("ie_autoencoder",)
-        assert BY_NAME[name].stages[0].trains == ("heads:ie_autoencoder",)
+        assert BY_NAME[name].stages[0].trains_heads == ("ie_autoencoder",)
+        assert not BY_NAME[name].stages[0].trains_student
 
 
 def test_ie_distance_is_inheritance_minus_exploration_of_the_teacher_factor():
@@ -583,8 +593,6 @@ def test_ie_dml_needs_no_teacher_and_trains_its_peer():
     _, eval_state = _jitted(term.apply, variables, student, {}, ctx.replace(train=False),
                                mutable=["batch_stats"])
     chex.assert_trees_all_equal(eval_state["batch_stats"], variables["batch_stats"])
-    assert float(_jitted(term.apply, variables, student, {}, ctx.replace(stage="other"),
-                            mutable=["batch_stats"])[0]) == 0.0
 
 
 def test_ie_dml_without_ie_and_kl_is_the_peer_cross_entropy_plus_reconstructions():

@@ -115,8 +115,8 @@ def test_the_readme_has_the_registrys_table():
 def test_stages_come_from_the_terms_once_each_with_config_lengths():
     terms = methods.build_terms({"fitnet": {}, "hint2": dict(method="fitnet"), "kd": {}})
     stages = methods.stages_of(terms, {"fitnet_hint": 3})
-    assert [(s.name, s.epochs, s.trains) for s in stages] == [
-        ("fitnet_hint", 3, ("student", "heads"))]
+    assert [(s.name, s.epochs, s.trains_student, s.trains_heads) for s in stages] == [
+        ("fitnet_hint", 3, True, None)]
     assert methods.stages_of(methods.build_terms({"kd": {}})) == []
     with pytest.raises(ValueError, match=r"config.stage_epochs names \['hints'\], which no term "
                                          r"declares; the terms' stages: \['fitnet_hint'\]"):

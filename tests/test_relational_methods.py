@@ -16,6 +16,7 @@ import pytest
 from absl.testing import absltest, parameterized
 from jax.sharding import PartitionSpec as P
 
+from vid_jax import methods
 from vid_jax.heads import relational as rel_heads
 from vid_jax.losses import relational as rel
 from vid_jax.methods import relational as rel_methods
@@ -405,13 +406,10 @@ def test_example_term_is_finite_and_training_reduces_it(name):
 
 
 @pytest.mark.parametrize("name", METHOD_NAMES)
-def test_other_stages_give_zero(name):
-    rng = np.random.default_rng(21)
-    student, teacher = _wrn_layers(rng, 4, **WRN_STUDENT), _wrn_layers(rng, 4, **WRN_TEACHER)
-    term = _build(BY_NAME[name])
-    variables = _init(term, student, teacher, _context(4))
-    value, _ = _apply(term, variables, student, teacher, _context(4, stage="fitnet_hint"))
-    assert float(value) == 0.0
+def test_relational_terms_have_no_stage_of_their_own(name):
+    assert BY_NAME[name].stages == ()
+    (term,) = methods.build_terms({name: {}})
+    assert term.loss_module(None) is term.module
 
 
 def test_layers_can_be_chosen():

@@ -10,10 +10,8 @@ import time
 import jax
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from vid_jax import data, train
+from vid_jax import data, training
 from vid_jax.checkpoints import load_variables
 from vid_jax.config_base import base_config
 from vid_jax.metric_writer import read_metrics
@@ -72,15 +70,15 @@ def distill_config(teacher_workdir=None, **changes):
 # ---------------------------------------------------------------------------------------------
 
 def test_batch_sampler_is_a_pure_function_of_seed_and_step():
-    sampler = train.BatchSampler(num_examples=10, batch_size=4, seed=3)
+    sampler = training.BatchSampler(num_examples=10, batch_size=4, seed=3)
     batches = [sampler.indices(step) for step in range(5)]
     assert all(b.shape == (4,) for b in batches)
     stream = np.concatenate(batches)
     # Each epoch is a permutation; batches run on across the epoch's end.
     assert sorted(stream[:10]) == list(range(10)) and sorted(stream[10:20]) == list(range(10))
-    again = train.BatchSampler(10, 4, seed=3)
+    again = training.BatchSampler(10, 4, seed=3)
     assert np.array_equal(again.indices(3), batches[3])  # no hidden state: a resume sees these
-    assert not np.array_equal(train.BatchSampler(10, 4, seed=4).indices(0), batches[0])
+    assert not np.array_equal(training.BatchSampler(10, 4, seed=4).indices(0), batches[0])
     assert sampler.steps_per_epoch == 2
 
 
@@ -89,20 +87,15 @@ def _teacher_variables(dataset):
     return teacher.init(jax.random.key(7), dataset.train.images[:1] / 255.0, train=False)
 
 
-def _steps(num_devices, dataset, num_steps=3):
+def _steps(num_devices, dataset, num_steps=3, distill=None):
     config = distill_config(num_devices=num_devices)
-    teacher_variables = _teacher_variables(dataset)
-    run = train.prepare(config, dataset, teacher_variables=teacher_variables)
-    step = train.make_train_step(run.student, run.teacher, run.terms, run.tx, run.mesh,
-                                 run.config, len(dataset.train), dataset.num_classes)
-    state = jax.device_put(run.state, NamedSharding(run.mesh, P()))
+    if distill is not None:
+        config.distill = distill
+    run = training.prepare(config, dataset, teacher_variables=_teacher_variables(dataset))
+    state, step = run.place(run.state), run.train_step()
     history, initial = [], jax.device_get(state)
     for i in range(num_steps):
-        idx = run.sampler.indices(i)
-        batch = jax.device_put((dataset.train.images[idx], dataset.train.labels[idx],
-                                dataset.train.labelled[idx], idx.astype(np.int32)),
-                               NamedSharding(run.mesh, P("data")))
-        state, metrics = step(state, teacher_variables, *batch)
+        state, metrics = step(state, run.batch(i))
         history.append(jax.device_get(metrics))
     return jax.device_get(state), history, initial
 
@@ -128,12 +121,32 @@ def test_four_devices_give_the_results_of_one():
     assert not np.allclose(alpha(one_state), alpha(initial))
 
 
+def test_online_peers_see_the_whole_batch_however_its_labels_fall_across_devices():
+    """DML's and IE-DML's peers learn from the labelled images of the whole batch: with labels
+    spread unevenly over 4 devices (one device may hold none), their losses and updates equal
+    those of one device. IE-DML normalised its peer's cross-entropy per device before."""
+    dataset = tiny_dataset(unlabelled_fraction=0.6, seed=3)
+    peer = dict(name="wrn", depth=10, width=1)
+    distill = {"dml": dict(peer_models=(peer,)), "ie_dml": dict(peer_model=peer)}
+    one_state, one_metrics, _ = _steps(1, dataset, num_steps=1, distill=distill)
+    four_state, four_metrics, _ = _steps(4, dataset, num_steps=1, distill=distill)
+    run = training.prepare(distill_config(num_devices=4), dataset,
+                           teacher_variables=_teacher_variables(dataset))
+    per_device = dataset.train.labelled[run.sampler.indices(0)].reshape(4, -1).sum(1)
+    assert len(set(per_device.tolist())) > 1, f"labels fall evenly: {per_device}"
+    for a, b in zip(one_metrics, four_metrics):
+        for key in ("dml_loss", "ie_dml_loss", "loss"):
+            np.testing.assert_allclose(a[key], b[key], rtol=2e-5, atol=1e-6, err_msg=key)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+                 one_state.params["heads"], four_state.params["heads"])
+
+
 def test_metric_sums_keep_two_steps_in_flight_and_add_in_float64(monkeypatch):
     fetched = []
     real_device_get = jax.device_get
     monkeypatch.setattr(jax, "device_get", lambda x: fetched.append(x) or real_device_get(x))
     step_value = np.float32(0.1)
-    sums = train.MetricSums()
+    sums = training.MetricSums()
     sums.add({"loss": jax.numpy.asarray(step_value)})
     assert fetched == [], "the first step is not waited for when it is dispatched"
     for _ in range(2999):
@@ -146,17 +159,49 @@ def test_metric_sums_keep_two_steps_in_flight_and_add_in_float64(monkeypatch):
     assert abs(result["loss"] - 3000 * float(step_value)) < 1e-9
 
 
-def test_parameter_labels_freeze_what_a_stage_does_not_train():
-    params = {"student": {"conv": {"kernel": 0}},
-              "heads": {"ft": {"paraphraser": {"w": 0}, "translator": {"w": 0}}}}
-    main = train.parameter_labels(params, frozen=("paraphraser",))
-    assert main == {"student": {"conv": {"kernel": "student"}},
-                    "heads": {"ft": {"paraphraser": {"w": "frozen"},
-                                     "translator": {"w": "heads"}}}}
-    stage = train.methods.Stage("ft_paraphraser", trains=("heads:paraphraser",), epochs=1)
-    assert train.parameter_labels(params, stage) == {
-        "student": {"conv": {"kernel": "frozen"}},
-        "heads": {"ft": {"paraphraser": {"w": "heads"}, "translator": {"w": "frozen"}}}}
+def test_each_stage_trains_what_its_methods_declare_and_calls_only_their_terms():
+    """FT's stage trains its paraphraser alone; the main stage everything but it; KD (no
+    stage) takes no part in FT's stage; FSP (an initialisation) none in the main stage."""
+    dataset = tiny_dataset()
+    config = distill_config(None)
+    config.distill = {"ft": dict(layer="group2"), "kd": {}, "fsp": dict(adapt=True)}
+    run = training.prepare(config, dataset, teacher_variables=_teacher_variables(dataset))
+    stages = {stage.name: stage for stage in run.stages}
+    ft_stage, fsp_stage = stages["ft_paraphraser"], stages["fsp_init"]
+    assert [t.name for t in run.active_terms(ft_stage)] == ["ft"]
+    assert [t.name for t in run.active_terms(fsp_stage)] == ["fsp"]
+    assert sorted(t.name for t in run.active_terms()) == ["ft", "kd"]
+
+    def labels(stage):
+        tx_labels = training.parameter_labels(run.state.params, stage is None or
+                                              stage.trains_student, run._trains_head(stage))
+        heads = {term: {sub: set(jax.tree.leaves(v)) for sub, v in subs.items()}
+                 for term, subs in tx_labels["heads"].items()}
+        return set(jax.tree.leaves(tx_labels["student"])), heads
+
+    student, heads = labels(ft_stage)
+    assert student == {"frozen"}
+    assert heads["ft"] == {"paraphraser": {"heads"}, "translator": {"frozen"}}
+    assert all(v == {"frozen"} for v in heads["fsp"].values())
+    student, heads = labels(None)
+    assert student == {"student"}
+    assert heads["ft"] == {"paraphraser": {"frozen"}, "translator": {"heads"}}
+    assert all(v == {"frozen"} for v in heads["fsp"].values())
+    student, heads = labels(fsp_stage)
+    assert student == {"student"} and all(v == {"heads"} for v in heads["fsp"].values())
+    assert all(v == {"frozen"} for v in heads["ft"].values())
+
+    # A step of FT's stage reports FT's reconstruction loss alone and moves only the paraphraser.
+    before = jax.device_get(run.state.params)  # the step donates the state it is given
+    state = run.place(run.start_stage(ft_stage, run.state))
+    new, metrics = run.train_step(ft_stage)(state, run.batch(0))
+    assert {k for k in metrics if k.endswith("_loss")} == {"task_loss", "ft_loss"}
+    assert float(metrics["loss"]) == pytest.approx(float(metrics["ft_loss"]), rel=1e-5)
+    after = jax.device_get(new.params)
+    moved = jax.tree.map(lambda a, b: bool(np.any(a != b)), before, after)
+    assert set(jax.tree.leaves(moved["student"])) == {False}
+    assert set(jax.tree.leaves(moved["heads"]["ft"]["paraphraser"])) == {True}
+    assert set(jax.tree.leaves(moved["heads"]["ft"]["translator"])) == {False}
 
 
 def test_a_stage_runs_first_in_its_own_workdir_and_hands_its_weights_on(tmp_path):
@@ -165,13 +210,13 @@ def test_a_stage_runs_first_in_its_own_workdir_and_hands_its_weights_on(tmp_path
     config.stage_epochs = {"fitnet_hint": 2}
     # The hint stage trains on the hint loss alone: no task loss.
     dataset = tiny_dataset()
-    run = train.prepare(config, dataset, teacher_variables=_teacher_variables(dataset))
-    stage_state, stage_summary = train.train_stage(run, run.state, str(tmp_path / "hint"),
+    run = training.prepare(config, dataset, teacher_variables=_teacher_variables(dataset))
+    stage_state, stage_summary = training.train_stage(run, run.state, str(tmp_path / "hint"),
                                                    run.stages[0])
     lines = read_metrics(str(tmp_path / "hint" / "metrics.jsonl"))
     assert [line["task_loss"] > 0 for line in lines] == [True, True]  # reported, not trained
     assert lines[-1]["loss"] == pytest.approx(lines[-1]["fitnet_loss"], rel=1e-5)
-    state, _, _ = run.start_stage(None, stage_state)
+    state = run.start_stage(None, stage_state)
     assert int(state.step) == 0
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params),
                  jax.device_get(stage_state.params))
@@ -184,8 +229,46 @@ def teacher_run(tmp_path_factory):
     """A tiny teacher trained once for the tests below; returns its workdir and summary."""
     workdir = str(tmp_path_factory.mktemp("runs") / "teacher")
     config = tiny_config(**{"model.width": 2, "num_epochs": 4})
-    summary = train.train_and_evaluate(config, workdir, dataset=tiny_dataset())
+    summary = training.train_and_evaluate(config, workdir, dataset=tiny_dataset())
     return workdir, summary
+
+
+def test_runs_trained_together_give_what_each_gives_alone(teacher_run, tmp_path):
+    """Three runs of one column and seed (no distillation; VID-I + KD with a stage-free
+    pair; FitNet, whose hint stage runs alone first) in one shared step, against each alone:
+    the same metrics, checkpoints and summaries up to float round-off."""
+    teacher_workdir, _ = teacher_run
+    student = tiny_config(num_epochs=2, num_devices=2)
+    vid = distill_config(teacher_workdir, num_epochs=2, num_devices=2)
+    fitnet = distill_config(teacher_workdir, num_epochs=2, num_devices=2)
+    fitnet.distill = {"fitnet": dict(layers=("group2",))}
+    fitnet.stage_epochs = {"fitnet_hint": 1}
+    configs = [student, vid, fitnet]
+    alone = [training.train_and_evaluate(c, str(tmp_path / f"alone{i}"), dataset=tiny_dataset())
+             for i, c in enumerate(configs)]
+    workdirs = [str(tmp_path / f"together{i}") for i in range(3)]
+    together = training.train_together(configs, workdirs, dataset=tiny_dataset())
+    for i, (a, b) in enumerate(zip(alone, together)):
+        assert b["trained_together_with"] == [w for w in workdirs if w != workdirs[i]]
+        assert a["final_test_accuracy"] == pytest.approx(b["final_test_accuracy"], abs=1e-9)
+        for term, losses in a["term_losses"].items():
+            for when, value in losses.items():
+                assert value == pytest.approx(b["term_losses"][term][when], rel=1e-4), term
+        np.testing.assert_allclose(
+            [line["loss"] for line in read_metrics(str(tmp_path / f"alone{i}/metrics.jsonl"))],
+            [line["loss"] for line in read_metrics(os.path.join(workdirs[i], "metrics.jsonl"))],
+            rtol=1e-4)
+        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-4),
+                     load_variables(str(tmp_path / f"alone{i}")), load_variables(workdirs[i]))
+    assert "stages" in together[2] and os.path.isdir(os.path.join(workdirs[2], "stages"))
+
+
+def test_runs_that_see_other_batches_cannot_share_a_step(tmp_path):
+    with pytest.raises(ValueError, match=r"same config.seed; got 0 and 1"):
+        training.train_together([tiny_config(), tiny_config(seed=1)],
+                                [str(tmp_path / "a"), str(tmp_path / "b")],
+                                dataset=tiny_dataset())
+    assert not os.path.exists(tmp_path / "a")
 
 
 def test_a_run_writes_metrics_checkpoints_and_summary(teacher_run):
@@ -210,7 +293,7 @@ def test_distillation_with_unlabelled_images_reads_the_teacher(teacher_run, tmp_
     teacher_workdir, _ = teacher_run
     config = distill_config(teacher_workdir, num_epochs=3)
     config.teacher.model.width = 2
-    summary = train.train_and_evaluate(config, str(tmp_path / "vid"),
+    summary = training.train_and_evaluate(config, str(tmp_path / "vid"),
                                        dataset=tiny_dataset(unlabelled_fraction=0.5))
     lines = read_metrics(str(tmp_path / "vid" / "metrics.jsonl"))
     assert lines[-1]["vid_i_loss"] < lines[0]["vid_i_loss"]
@@ -225,12 +308,12 @@ def test_distillation_with_unlabelled_images_reads_the_teacher(teacher_run, tmp_
 
 def test_a_diverged_run_stops_with_what_blew_up_and_writes_nothing_of_that_epoch(tmp_path):
     workdir = tmp_path / "run"
-    train.train_and_evaluate(tiny_config(num_epochs=1), str(workdir), dataset=tiny_dataset())
+    training.train_and_evaluate(tiny_config(num_epochs=1), str(workdir), dataset=tiny_dataset())
     # Resumed from epoch 1 with a learning rate no network survives.
     config = tiny_config(num_epochs=3)
     config.optimizer.learning_rate = 1e12
-    with pytest.raises(train.TrainingDiverged, match=r"diverged in epoch 2: .*task_loss nan"):
-        train.train_and_evaluate(config, str(workdir), dataset=tiny_dataset())
+    with pytest.raises(training.TrainingDiverged, match=r"diverged in epoch 2: .*task_loss nan"):
+        training.train_and_evaluate(config, str(workdir), dataset=tiny_dataset())
     assert [line["epoch"] for line in read_metrics(str(workdir / "metrics.jsonl"))] == [1]
     assert sorted(os.listdir(workdir / "checkpoints")) == ["1"]
     assert load_variables(str(workdir))  # the checkpoint before it still loads
@@ -238,7 +321,7 @@ def test_a_diverged_run_stops_with_what_blew_up_and_writes_nothing_of_that_epoch
 
 def test_evaluating_every_other_epoch(tmp_path):
     config = tiny_config(num_epochs=3, eval_every_epochs=2)
-    summary = train.train_and_evaluate(config, str(tmp_path / "run"), dataset=tiny_dataset())
+    summary = training.train_and_evaluate(config, str(tmp_path / "run"), dataset=tiny_dataset())
     lines = read_metrics(str(tmp_path / "run" / "metrics.jsonl"))
     assert ["test_accuracy" in line for line in lines] == [False, True, True]
     assert summary["best_test_accuracy"] == max(lines[1]["test_accuracy"],
@@ -251,7 +334,7 @@ def test_rerunning_a_finished_run_trains_nothing(teacher_run):
     workdir, summary = teacher_run
     before = os.path.getmtime(os.path.join(workdir, "metrics.jsonl"))
     config = tiny_config(**{"model.width": 2, "num_epochs": 4})
-    again = train.train_and_evaluate(config, workdir, dataset=tiny_dataset())
+    again = training.train_and_evaluate(config, workdir, dataset=tiny_dataset())
     assert again["final_test_accuracy"] == summary["final_test_accuracy"]
     assert read_metrics(os.path.join(workdir, "metrics.jsonl"))[-1]["epoch"] == 4
     assert os.path.getmtime(os.path.join(workdir, "metrics.jsonl")) >= before
@@ -264,7 +347,7 @@ def test_missing_teacher_checkpoint(tmp_path):
     workdir = tmp_path / "run"
     with pytest.raises(FileNotFoundError, match="No checkpoint at .*nowhere.*train that model "
                                                 "first"):
-        train.train_and_evaluate(distill_config(str(tmp_path / "nowhere")), str(workdir),
+        training.train_and_evaluate(distill_config(str(tmp_path / "nowhere")), str(workdir),
                                  dataset=tiny_dataset())
     assert not workdir.exists()
 
@@ -273,7 +356,7 @@ def test_teacher_checkpoint_of_another_model(teacher_run, tmp_path):
     config = distill_config(teacher_run[0])
     config.teacher.model.width = 4  # the teacher was WRN-10-2
     with pytest.raises(ValueError, match="does not fit config.teacher.model"):
-        train.train_and_evaluate(config, str(tmp_path / "run"), dataset=tiny_dataset())
+        training.train_and_evaluate(config, str(tmp_path / "run"), dataset=tiny_dataset())
     assert not (tmp_path / "run").exists()
 
 
@@ -284,7 +367,7 @@ def test_layer_that_is_not_sown(teacher_run, tmp_path):
     with pytest.raises(ValueError,
                        match=r"\['group4'\].*it sows: features, group1, group2, group3, "
                                          r"logits"):
-        train.train_and_evaluate(config, str(tmp_path / "run"), dataset=tiny_dataset())
+        training.train_and_evaluate(config, str(tmp_path / "run"), dataset=tiny_dataset())
     assert not (tmp_path / "run").exists()
 
 
@@ -292,20 +375,20 @@ def test_unknown_method(tmp_path):
     config = tiny_config()
     config.distill.vid = dict(weight=1.0)
     with pytest.raises(ValueError, match="Unknown distillation method 'vid'"):
-        train.train_and_evaluate(config, str(tmp_path / "run"), dataset=tiny_dataset())
+        training.train_and_evaluate(config, str(tmp_path / "run"), dataset=tiny_dataset())
     assert not (tmp_path / "run").exists()
 
 
 def test_batch_not_divisible_by_devices(tmp_path):
     with pytest.raises(ValueError, match="batch_size=6 is not divisible by the 4 devices"):
-        train.train_and_evaluate(tiny_config(batch_size=6, num_devices=4),
+        training.train_and_evaluate(tiny_config(batch_size=6, num_devices=4),
                                  str(tmp_path / "run"), dataset=tiny_dataset())
     assert not (tmp_path / "run").exists()
     # Without num_devices, the mesh takes as many devices as divide both batch sizes.
-    assert train.prepare(tiny_config(batch_size=6, eval_batch_size=12),
+    assert training.prepare(tiny_config(batch_size=6, eval_batch_size=12),
                          tiny_dataset()).mesh.size == 3
-    assert train.prepare(tiny_config(batch_size=6), tiny_dataset()).mesh.size == 2
-    assert train.prepare(tiny_config(), tiny_dataset()).mesh.size == 4
+    assert training.prepare(tiny_config(batch_size=6), tiny_dataset()).mesh.size == 2
+    assert training.prepare(tiny_config(), tiny_dataset()).mesh.size == 4
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,12 +398,12 @@ RUN_SCRIPT = textwrap.dedent("""
     import sys
     sys.path.insert(0, {tests!r})
     from test_train import tiny_config, tiny_dataset
-    from vid_jax import train
+    from vid_jax import training
     config = tiny_config(num_epochs={epochs})
     config.distill.vid_i = dict(weight=1.0)
     config.teacher.model = dict(name="wrn", depth=10, width=2)
     config.teacher.workdir = {teacher!r}
-    train.train_and_evaluate(config, sys.argv[1], dataset=tiny_dataset(per_class=16))
+    training.train_and_evaluate(config, sys.argv[1], dataset=tiny_dataset(per_class=16))
 """)
 
 

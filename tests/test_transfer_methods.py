@@ -435,11 +435,6 @@ def _term(name, **changes):
     return EXAMPLES[name].build(**entry)
 
 
-def _active_stage(name):
-    stages = EXAMPLES[name].stages
-    return stages[0].name if stages else methods.DISTILL
-
-
 def _init(term, ctx):
     # Jitted: one compilation is much faster than running the eigen-solvers op by op.
     variables = jax.jit(lambda rngs, s, t: term.init(rngs, s, t, ctx))(
@@ -454,9 +449,10 @@ class TermsTest(parameterized.TestCase):
         for name in EXAMPLES:
             self.assertIs(methods.METHODS[name], EXAMPLES[name])
         terms = methods.build_terms({name: dict(m.example) for name, m in EXAMPLES.items()})
-        self.assertEqual([(s.name, s.epochs, s.trains) for s in methods.stages_of(terms)],
-                         [("fsp_init", 30, ("student", "heads")),
-                          ("ab_init", 30, ("student", "heads"))])
+        self.assertEqual(
+            [(s.name, s.epochs, s.trains_student, s.trains_heads)
+             for s in methods.stages_of(terms)],
+            [("fsp_init", 30, True, None), ("ab_init", 30, True, None)])
 
     @parameterized.parameters(*sorted(EXAMPLES))
     def test_example_trains_its_params_and_the_student_layers_it_reads(self, name):
@@ -464,7 +460,7 @@ class TermsTest(parameterized.TestCase):
         # gradients on exactly the student layers it declares, and a few Adam steps on its
         # parameters and on those layers (as free variables) reduce it.
         term = _term(name)
-        ctx = methods.example_context(jnp.zeros((4, 8, 8, 3)), stage=_active_stage(name))
+        ctx = methods.example_context(jnp.zeros((4, 8, 8, 3)))
         params, state = _init(term, ctx)
         self.assertTrue(set(term.teacher_layer_names) <= set(TEACHER))
         variables = {"params": params, "student": STUDENT}
@@ -494,29 +490,22 @@ class TermsTest(parameterized.TestCase):
         self.assertLess(losses[-1], 0.9 * losses[0], losses)
 
     @parameterized.parameters("fsp", "ab")
-    def test_initialisation_methods_are_zero_in_the_main_stage_unless_asked(self, name):
-        main = methods.example_context(jnp.zeros((4, 8, 8, 3)))
-        other = methods.example_context(jnp.zeros((4, 8, 8, 3)), stage="fitnet_hint")
-        own = methods.example_context(jnp.zeros((4, 8, 8, 3)), stage=_active_stage(name))
+    def test_initialisation_methods_take_part_in_the_main_stage_only_if_asked(self, name):
         term = _term(name)
-        params, state = _init(term, main)  # the trainer initialises in the main stage
-        self.assertTrue(params)
-        apply = lambda t, ctx: jax.jit(lambda p, st: t.apply(
-            {"params": p, **st}, STUDENT, TEACHER, ctx, mutable=list(st))[0])(params, state)
-        self.assertEqual(float(apply(term, main)), 0.0)
-        self.assertEqual(float(apply(term, other)), 0.0)
-        in_own_stage = float(apply(term, own))
-        self.assertGreater(in_own_stage, 0.0)
-        always = _term(name, main_stage=True)
-        np.testing.assert_allclose(float(apply(always, main)), in_own_stage, rtol=1e-6)
+        (stage,) = EXAMPLES[name].stages
+        self.assertFalse(methods.in_main_stage(term))
+        self.assertIs(stage.loss(term), term)  # its own stage's loss is the term's
+        self.assertTrue(methods.in_main_stage(_term(name, main_stage=True)))
+        built = methods.build_terms({name: {}})[0]
+        self.assertIsNone(built.loss_module(None))
+        self.assertIs(built.loss_module(stage), built.module)
 
     @parameterized.parameters("vid_lp", "lwf", "nst", "kd_svd")
-    def test_one_stage_methods_are_zero_in_other_stages(self, name):
-        term = _term(name)
-        params, state = _init(term, methods.example_context(jnp.zeros((4, 8, 8, 3))))
-        ctx = methods.example_context(jnp.zeros((4, 8, 8, 3)), stage="ab_init")
-        self.assertEqual(float(term.apply({"params": params, **state}, STUDENT, TEACHER, ctx)),
-                         0.0)
+    def test_one_stage_methods_take_part_in_no_other_stage(self, name):
+        (term,) = methods.build_terms({name: {}})
+        self.assertIs(term.loss_module(None), term.module)
+        for stage in methods.stages_of(methods.build_terms({"ab": {}, "fsp": {}})):
+            self.assertIsNone(term.loss_module(stage))
 
     def test_vid_lp_is_a_one_layer_vid_head_from_features_to_logits(self):
         term = _term("vid_lp")
@@ -533,7 +522,7 @@ class TermsTest(parameterized.TestCase):
     @parameterized.parameters("fsp", "kd_svd")
     def test_unequal_channels_need_adapt(self, name):
         term = _term(name, adapt=False)
-        ctx = methods.example_context(jnp.zeros((4, 8, 8, 3)), stage=_active_stage(name))
+        ctx = methods.example_context(jnp.zeros((4, 8, 8, 3)))
         init = jax.jit(lambda s: term.init(jax.random.key(0), s, TEACHER, ctx))
         with self.assertRaisesRegex(ValueError, "adapt=True"):
             init(STUDENT)
@@ -549,11 +538,11 @@ class TermsTest(parameterized.TestCase):
         # its statistics over the data axis, so the loss and the running statistics are those
         # of one device seeing the whole batch.
         term = _term("ab")
-        ctx = methods.example_context(jnp.zeros((4, 8, 8, 3)), stage="ab_init")
+        ctx = methods.example_context(jnp.zeros((4, 8, 8, 3)))
         params, state = _init(term, ctx)
         student = _wrn_layers((16, 32, 64), classes=10, batch=8, seed=3)
         teacher = _wrn_layers((32, 64, 128), classes=100, batch=8, seed=4)
-        whole = methods.example_context(jnp.zeros((8, 8, 8, 3)), stage="ab_init")
+        whole = methods.example_context(jnp.zeros((8, 8, 8, 3)))
         expected, expected_state = jax.jit(lambda s, t: term.apply(
             {"params": params, **state}, s, t, whole, mutable=["batch_stats"]))(student, teacher)
         mesh = Mesh(np.array(jax.devices()[:4]), ("data",))
@@ -562,7 +551,7 @@ class TermsTest(parameterized.TestCase):
             local = methods.Context(
                 images=jnp.zeros((2, 8, 8, 3)), labels=jnp.zeros((2,), jnp.int32),
                 labelled=jnp.ones((2,), bool), indices=indices, num_examples=8,
-                num_classes=10, axis_name="data", stage="ab_init")
+                num_classes=10, axis_name="data")
             loss, new_state = term.apply({"params": params, **state}, s, t, local,
                                          mutable=["batch_stats"])
             return jax.lax.pmean(loss, "data"), new_state

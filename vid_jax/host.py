@@ -3,7 +3,7 @@ no JAX).
 
 One XLA CPU device runs a step's convolutions on an intra-op thread pool that, for the
 small images of CIFAR, keeps only about 1.4 of 2 cores busy; splitting the host into one
-device per core and running the step data-parallel over them (`vid_jax.train` does that
+device per core and running the step data-parallel over them (`vid_jax.training` does that
 over all devices) keeps every core busy: a WRN-40-2 train step at batch 128 went from
 30.5 to 46.4 images/s on 2 cores. On a machine with a GPU or TPU the flag only adds CPU
 devices that JAX does not use by default.

@@ -32,12 +32,14 @@ from vid_jax import checkpoints
 from vid_jax.metric_writer import write_atomically
 
 TrainFn = Callable[[ml_collections.ConfigDict, str], dict[str, Any]]
+# Several runs in one shared step: (configs, workdirs) -> their summaries.
+TogetherFn = Callable[[Sequence[ml_collections.ConfigDict], Sequence[str]], list[dict[str, Any]]]
 
 
-def _default_train_fn() -> TrainFn:
+def _default_train_fns() -> tuple[TrainFn, TogetherFn]:
     # The one place the runner names the trainer (imported late: JAX starts with it).
-    from vid_jax.training import train_and_evaluate
-    return train_and_evaluate
+    from vid_jax.training import train_and_evaluate, train_together
+    return train_and_evaluate, train_together
 
 
 # ---------------------------------------------------------------------------------------------
@@ -51,7 +53,8 @@ def grid_config(name: str, title: str, cell: ml_collections.ConfigDict,
                 seeds: Sequence[int] = (0, 1), seed_fields: Sequence[str] = ("seed",),
                 scale: str = "", images_per_cell: int | None = None,
                 paper: Mapping[str, Mapping[str, float]] | None = None, notes: str = "",
-                teacher_hint: str = "", results: str | None = None) -> ml_collections.ConfigDict:
+                teacher_hint: str = "", results: str | None = None,
+                runs_per_step: int = 8) -> ml_collections.ConfigDict:
     """A grid: the config a table of the paper is. Its fields, which overrides may change:
 
       rows, columns, seeds  the cells to run: comma-separated names (default: all) and seeds
@@ -65,6 +68,10 @@ def grid_config(name: str, title: str, cell: ml_collections.ConfigDict,
                             epochs; then eval_every_epochs (None: num_epochs // 10) and
                             checkpoint_every_epochs (None: as eval_every_epochs)
       results               the results JSON (the markdown table goes beside it)
+      runs_per_step         at most this many cells that see the same batches (the rows of
+                            one column and seed) train together in one jitted step, which
+                            computes the teacher's forward once (`training.train_together`);
+                            1 trains each cell alone
       table                 the whole grid in its order: rows, columns, seeds; per column its
                             changes to the cell and its train_images; seed_fields (set to
                             the cell's seed); paper (row -> column -> the paper's number)
@@ -81,6 +88,7 @@ def grid_config(name: str, title: str, cell: ml_collections.ConfigDict,
     config.teacher_hint = teacher_hint
     config.images_per_cell = images_per_cell
     config.results = results or os.path.join("results", f"{name}_{scale or 'grid'}.json")
+    config.runs_per_step = runs_per_step
     config.table = ml_collections.ConfigDict(dict(
         rows=tuple(rows), columns=tuple(columns), seeds=tuple(seeds),
         changes={c: dict(changes) for c, changes in columns.items()},
@@ -259,6 +267,37 @@ def check_teachers(runs: Sequence[Run], how_to_train: str = "") -> None:
         earlier.add(os.path.abspath(run.workdir))
 
 
+def step_groups(runs: Sequence[Run], runs_per_step: int) -> list[list[Run]]:
+    """The runs in groups that can share a train step (`training.check_shareable`: the same
+    batches and teacher), at most `runs_per_step` each, in the order of their first runs."""
+    from vid_jax.training.prepare import SHARED_FIELDS
+
+    def value(config, field):
+        v = config.get(field)
+        return v.to_dict() if isinstance(v, ml_collections.ConfigDict) else v
+
+    def teacher(config):
+        t = config.get("teacher")
+        return json.dumps(t.to_dict(), sort_keys=True, default=str) if t and t.get("model") \
+            else None
+
+    groups: list[tuple[str, list[str | None], list[Run]]] = []
+    for run in runs:
+        shared = json.dumps({f: value(run.config, f) for f in SHARED_FIELDS}, sort_keys=True,
+                            default=str)
+        mine = teacher(run.config)
+        for key, teachers, members in groups:
+            others = {t for t in teachers if t is not None}
+            if key == shared and len(members) < runs_per_step and (mine is None or
+                                                                     others <= {mine}):
+                members.append(run)
+                teachers.append(mine)
+                break
+        else:
+            groups.append((shared, [mine], [run]))
+    return [members for _, _, members in groups]
+
+
 def describe(runs: Sequence[Run]) -> str:
     """One line per run: its workdir, epochs and distillation terms (whether it is done)."""
     def terms(config):
@@ -403,25 +442,44 @@ class Outcome:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, command: str = "",
-        train_fn: TrainFn | None = None, runs: Sequence[Run] | None = None) -> Outcome:
-    """Runs the config's runs not yet finished, in order, and says how they did."""
-    train_fn = train_fn or _default_train_fn()
+        train_fn: TrainFn | None = None, runs: Sequence[Run] | None = None,
+        together_fn: TogetherFn | None = None) -> Outcome:
+    """Runs the config's runs not yet finished, in order, and says how they did. A grid's
+    cells that see the same batches train together, `config.runs_per_step` at a time."""
+    if train_fn is None:
+        train_fn, default_together = _default_train_fns()
+        together_fn = together_fn or default_together
+    if together_fn is None:  # a train_fn alone: the runs of a group one after another
+        def together_fn(configs, workdirs):
+            return [train_fn(c, w) for c, w in zip(configs, workdirs)]
     runs = list(runs if runs is not None else expand(config, workdir))
     grid = kind(config) == "grid"
     check_teachers(runs, config.get("teacher_hint", "") if grid else "")
-    summaries = {}
-    for i, r in enumerate(runs):
-        tag = f"[{i + 1}/{len(runs)}] {r.label()}"
+    summaries, position = {}, {id(r): i + 1 for i, r in enumerate(runs)}
+    for r in runs:
         if r.done:
             summaries[r.name] = _read_summary(r.workdir)
-            print(f"{tag}: finished earlier ({r.workdir}/summary.json)", flush=True)
-            continue
-        print(f"{tag}: training in {r.workdir}", flush=True)
-        summaries[r.name] = train_fn(r.config, r.workdir)
-        print(f"{tag}: {summaries[r.name]['epochs']} epochs, final test accuracy "
-              f"{100 * summaries[r.name]['final_test_accuracy']:.2f}%", flush=True)
+            print(f"[{position[id(r)]}/{len(runs)}] {r.label()}: finished earlier "
+                  f"({r.workdir}/summary.json)", flush=True)
+    # Pipelines run in order (a job may teach the next); a grid's cells are independent.
+    to_run = [r for r in runs if not r.done]
+    size = max(1, int(config.get("runs_per_step") or 1)) if grid else 1
+    for group in step_groups(to_run, size) if size > 1 else [[r] for r in to_run]:
+        for r in group:
+            print(f"[{position[id(r)]}/{len(runs)}] {r.label()}: training in {r.workdir}"
+                  + (f" (in one step with {len(group) - 1} more)" if len(group) > 1 else ""),
+                  flush=True)
+        if len(group) == 1:
+            done = [train_fn(group[0].config, group[0].workdir)]
+        else:
+            done = together_fn([r.config for r in group], [r.workdir for r in group])
+        for r, summary in zip(group, done):
+            summaries[r.name] = summary
+            print(f"[{position[id(r)]}/{len(runs)}] {r.label()}: {summary['epochs']} epochs, "
+                  f"final test accuracy {100 * summary['final_test_accuracy']:.2f}%", flush=True)
         if grid:
             grid_report(config, runs, workdir, command)
+    summaries = {r.name: summaries[r.name] for r in runs}  # in the config's order
     if grid:
         report = grid_report(config, runs, workdir, command)
         return Outcome(summaries, report, markdown(config, report["table"], command) +

@@ -1,5 +1,5 @@
-"""Data sets in memory: loaders (TFDS, image folders, .npz archives, scikit-learn's digits) and seeded
-per-class subsets of the training split."""
+"""Data sets in memory: loaders (TFDS, image folders, .npz archives, scikit-learn's digits)
+and seeded per-class subsets of the training split."""
 from vid_jax.data.sources import (
     SOURCES,
     load_arrays,

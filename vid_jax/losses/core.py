@@ -230,28 +230,40 @@ def match_spatial(student_map: Array, teacher_map: Array) -> tuple[Array, Array]
     return average_pool_to(student_map, h, w), average_pool_to(teacher_map, h, w)
 
 
-def cross_entropy(logits: Array, labels: Array, mask: Array | None = None) -> Array:
-    """Mean softmax cross-entropy with integer labels.
+def cross_entropy(logits: Array, labels: Array, mask: Array | None = None,
+                  axis_name: str | None = None) -> Array:
+    """Mean softmax cross-entropy with integer labels, over the whole (masked) batch.
 
         L = sum_b m_b * CE(z_b, y_b) / max(sum_b m_b, 1)
 
-    With `mask=None` every example has weight 1 (a plain mean). The mask lets padded
-    examples of a fixed-size last batch drop out; the max(., 1) gives 0 rather than
-    NaN when every example is masked.
+    With `mask=None` every example has weight 1 (a plain mean). The mask drops unlabelled
+    images (Table 1b) or the padding of a fixed-size last batch; the max(., 1) gives 0 rather
+    than NaN when every example is masked.
+
+    Data-parallel: inside `shard_map` over the mesh axis `axis_name`, where each of the D
+    devices holds a slice of the batch, the sums over b run over the whole batch: device d
+    returns D * sum_{b in d} m_b CE_b / max(sum_b m_b, 1), whose mean over devices (what the
+    trainer takes of every loss) is L of the whole batch, however unevenly the kept examples
+    fall across devices. A per-device normalisation would weight a device's few labelled
+    images as much as another's many.
 
     Args:
         logits: [B, K] logits.
         labels: [B] integer class indices.
         mask: optional [B] float or bool weights (1 = keep, 0 = drop).
+        axis_name: the data-parallel mesh axis, or None outside one.
 
     Returns:
         Scalar loss.
     """
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     if mask is None:
-        return jnp.mean(ce)
+        mask = jnp.ones_like(ce)
     mask = mask.astype(ce.dtype)
     # where, not just a product: padded rows may carry invalid labels whose CE is not
     # finite, and 0 * inf would still be NaN.
-    ce = jnp.where(mask != 0, ce, 0.0)
-    return jnp.sum(mask * ce) / jnp.maximum(jnp.sum(mask), 1.0)
+    total = jnp.sum(mask * jnp.where(mask != 0, ce, 0.0))
+    count, devices = jnp.sum(mask), 1
+    if axis_name is not None:
+        count, devices = jax.lax.psum(count, axis_name), jax.lax.psum(1, axis_name)
+    return total * devices / jnp.maximum(count, 1.0)

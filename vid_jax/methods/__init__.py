@@ -13,7 +13,6 @@ import flax.linen as nn
 
 from vid_jax.methods import core, factors, online, relational, transfer
 from vid_jax.methods.base import (
-    DISTILL,
     Context,
     Features,
     LayerPairs,
@@ -21,15 +20,15 @@ from vid_jax.methods.base import (
     OneLayer,
     Stage,
     example_context,
-    zero_loss,
+    in_main_stage,
 )
 
 FAMILIES = (core, transfer, relational, factors, online)
 METHODS: dict[str, Method] = {m.name: m for family in FAMILIES for m in family.METHODS}
 
-__all__ = ["DISTILL", "METHODS", "Context", "Features", "LayerPairs", "Method", "OneLayer",
-           "Stage", "Term", "build_terms", "check_layers", "describe", "example_context",
-           "markdown", "stages_of", "zero_loss"]
+__all__ = ["METHODS", "Context", "Features", "LayerPairs", "Method", "OneLayer", "Stage",
+           "Term", "build_terms", "check_layers", "describe", "example_context", "in_main_stage",
+           "markdown", "stages_of"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +39,19 @@ class Term:
     weight: float
     module: nn.Module
     method: Method
+
+    def loss_module(self, stage: Stage | None = None) -> nn.Module | None:
+        """The module whose value is this term's loss in `stage` (None: the main stage), or
+        None when the term takes no part in it."""
+        if stage is None:
+            return self.module if in_main_stage(self.module) else None
+        own = [s for s in self.method.stages if s.name == stage.name]
+        return own[0].loss(self.module) if own else None
+
+    def modules(self) -> list[nn.Module]:
+        """Every module the term is called through, in any stage: the term first, then each of
+        its stages' loss modules (which share the term's parameter names)."""
+        return [self.module, *(s.loss(self.module) for s in self.method.stages)]
 
 
 def build_terms(distill_config: Mapping[str, Any] | None) -> list[Term]:

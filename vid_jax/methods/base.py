@@ -9,6 +9,12 @@ not trained by gradients (a memory bank, batch statistics) in any collection oth
 `params`: the trainer keeps it in the train state, and passes it back mutable at every step.
 It may draw random numbers with `self.make_rng("distill")`.
 
+Stages belong to the trainer. A method that trains something before the main stage (FitNet's
+hints, FT's paraphraser) declares each such `Stage` in its registry entry: the module that
+gives the stage's loss and the parameters the stage trains. In each stage the trainer calls
+only the terms that declare it (in the main stage, every term whose `main_stage` attribute is
+not False), so a term's `__call__` is its main-stage loss and nothing else.
+
 A term says which layers it reads (`student_layer_names`, `teacher_layer_names`), so a config
 that names a layer a model does not sow fails before training.
 """
@@ -22,8 +28,6 @@ import jax
 import jax.numpy as jnp
 
 Features = Mapping[str, jax.Array]
-DISTILL = "distill"  # the name of the main stage, in which every term gives its loss
-
 
 @flax.struct.dataclass
 class Context:
@@ -38,7 +42,6 @@ class Context:
     # The data-parallel mesh axis, for collectives (None outside shard_map). Each device sees
     # its slice of the batch; a term that needs the whole batch gathers it over this axis.
     axis_name: str | None = flax.struct.field(pytree_node=False, default=None)
-    stage: str = flax.struct.field(pytree_node=False, default=DISTILL)
     train: bool = flax.struct.field(pytree_node=False, default=True)
 
 
@@ -52,20 +55,31 @@ def example_context(images: jax.Array, labels: jax.Array | None = None, num_clas
                    num_examples=num_examples or batch, num_classes=num_classes, **changes)
 
 
+def same_term(term: nn.Module) -> nn.Module:
+    """A stage whose loss is the term's own main-stage loss (FitNet's hints, AB, FSP)."""
+    return term
+
+
 @dataclasses.dataclass(frozen=True)
 class Stage:
     """A stage a method runs before the main one (FitNet's hints, FT's paraphraser...).
 
-    During it, every term is called with `ctx.stage == name` (a term that has nothing to do
-    in this stage returns 0), the task loss counts only if `task_loss`, and only the
-    parameters that `trains` names are updated: "student", "heads" (all heads), or
-    "heads:<submodule>" (head parameters under a submodule of that name, e.g.
-    "heads:paraphraser"). Each stage has its own optimizer state and checkpoints.
+    `loss` builds, from the configured term, the module whose value is the stage's loss
+    (default: the term itself). A separate module must name its submodules as the term does
+    (FT's `paraphraser`), so that the stage trains the term's own parameters; the trainer
+    initialises the term and every stage module and merges their parameters.
+
+    In the stage the trainer calls only the terms that declare it; the task loss counts only
+    if `task_loss`; the student is updated if `trains_student`, and of each such term's
+    parameters those under the submodules `trains_heads` names (None: all of them). Every
+    other parameter is fixed. Each stage has its own optimizer state and checkpoints.
     """
 
     name: str
-    trains: tuple[str, ...]
     epochs: int
+    loss: Callable[[nn.Module], nn.Module] = same_term
+    trains_student: bool = True
+    trains_heads: tuple[str, ...] | None = None
     task_loss: bool = False
     description: str = ""
 
@@ -83,6 +97,12 @@ class Method:
     # Head submodules (by name) that the main stage must not update: trained in a stage
     # before and then fixed, like FT's paraphraser. Their gradients and weight decay are zeroed.
     frozen: tuple[str, ...] = ()
+
+
+def in_main_stage(term: nn.Module) -> bool:
+    """Whether a term gives a loss in the main stage: all do, except those whose `main_stage`
+    attribute is False (FSP and AB, initialisations unless asked to stay on)."""
+    return bool(getattr(term, "main_stage", True))
 
 
 class LayerPairs:
@@ -126,8 +146,3 @@ class OneLayer:
 
     def read(self, student: Features, teacher: Features) -> tuple[jax.Array, jax.Array]:
         return student[self.layer], teacher[self.teacher_layer or self.layer]
-
-
-def zero_loss() -> jax.Array:
-    """The loss of a term in a stage that is not its own."""
-    return jnp.zeros((), jnp.float32)

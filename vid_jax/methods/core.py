@@ -5,9 +5,8 @@ import flax.linen as nn
 import jax
 
 from vid_jax import heads, losses
-from vid_jax.methods.base import DISTILL, Context, Features, LayerPairs, Method, Stage, zero_loss
-
-GROUPS = ("group1", "group2", "group3")
+from vid_jax.methods.base import Context, Features, LayerPairs, Method, Stage
+from vid_jax.models import WRN_GROUPS as GROUPS
 
 
 class VIDI(LayerPairs, nn.Module):
@@ -22,8 +21,6 @@ class VIDI(LayerPairs, nn.Module):
 
     @nn.compact
     def __call__(self, student: Features, teacher: Features, ctx: Context) -> jax.Array:
-        if ctx.stage != DISTILL:
-            return zero_loss()
         return sum(
             heads.VIDHead(t.shape[-1], self.hidden_channels, self.num_layers,
                           self.init_variance, self.eps, name=f"vid_{name}")(s, t)
@@ -38,8 +35,6 @@ class KD(nn.Module):
     teacher_layer_names = ("logits",)
 
     def __call__(self, student: Features, teacher: Features, ctx: Context) -> jax.Array:
-        if ctx.stage != DISTILL:
-            return zero_loss()
         return losses.kd_loss(student["logits"], teacher["logits"], self.temperature)
 
 
@@ -71,8 +66,6 @@ class AT(LayerPairs, nn.Module):
     p: float = 2.0
 
     def __call__(self, student: Features, teacher: Features, ctx: Context) -> jax.Array:
-        if ctx.stage != DISTILL:
-            return zero_loss()
         return sum(losses.attention_transfer(s, t, self.p)
                    for _, s, t in self.pairs(student, teacher))
 
@@ -86,7 +79,7 @@ METHODS = [
     Method("fitnet", FitNet, "intermediate maps (regressed)",
            "Romero et al., FitNets: Hints for Thin Deep Nets, ICLR 2015",
            example=dict(weight=1.0, layers=("group2",)),
-           stages=(Stage("fitnet_hint", trains=("student", "heads"), epochs=10,
+           stages=(Stage("fitnet_hint", epochs=10,
                          description="student and regressor on the hint loss alone"),)),
     Method("at", AT, "attention maps of intermediate layers",
            "Zagoruyko & Komodakis, Paying More Attention to Attention, ICLR 2017",

@@ -15,18 +15,16 @@ from vid_jax.heads import factors as factor_heads
 from vid_jax.losses import core as core_losses
 from vid_jax.losses import factors as factor_losses
 from vid_jax.methods.base import (
-    DISTILL,
     Context,
     Features,
     LayerPairs,
     Method,
     OneLayer,
     Stage,
-    zero_loss,
 )
+from vid_jax.models import WRN_GROUPS as GROUPS
 from vid_jax.models import build_model, sown_layers
 
-GROUPS = ("group1", "group2", "group3")
 FT_STAGE = "ft_paraphraser"
 IE_STAGE = "ie_autoencoder"
 
@@ -72,18 +70,40 @@ class FT(OneLayer, nn.Module):
                                                axis_name=ctx.axis_name, name="paraphraser")
         translator = factor_heads.FactorCoder(factor_channels, self.use_bn,
                                               axis_name=ctx.axis_name, name="translator")
-        if self.is_initializing():
-            # Every stage's parameters exist, whichever stage the trainer initialises in.
-            paraphraser(t)
-            translator(s)
-        if ctx.stage == FT_STAGE:
-            _, reconstruction = paraphraser(t, train=ctx.train)
-            return factor_losses.reconstruction_loss(t, reconstruction)
-        if ctx.stage != DISTILL:
-            return zero_loss()
         teacher_factor = jax.lax.stop_gradient(paraphraser.encode(t, train=False))
         return factor_losses.factor_transfer_loss(translator(s, train=ctx.train), teacher_factor,
                                                   self.p)
+
+
+class TeacherMapReconstruction(OneLayer, nn.Module):
+    """The stage before FT and IE-KD: an auto-encoder (`heads.factors.Paraphraser`, named
+    `autoencoder` as in the term, so the stage trains the term's own parameters) on the
+    teacher's map alone, loss `losses.factors.reconstruction_loss`. The map is first pooled
+    as the term pools it (`losses.core.match_spatial`), so the auto-encoder learns the map
+    it later encodes."""
+
+    autoencoder: str
+    layer: str = "group3"
+    teacher_layer: str | None = None
+    rate: float = 0.5
+    use_bn: bool = True
+
+    @nn.compact
+    def __call__(self, student: Features, teacher: Features, ctx: Context) -> jax.Array:
+        _, t = core_losses.match_spatial(*self.read(student, teacher))
+        _, reconstruction = factor_heads.Paraphraser(
+            t.shape[-1], _factor_channels(t.shape[-1], self.rate), self.use_bn,
+            axis_name=ctx.axis_name, name=self.autoencoder)(t, train=ctx.train)
+        return factor_losses.reconstruction_loss(t, reconstruction)
+
+
+def _reconstruction_stage(name: str, autoencoder: str, epochs: int) -> Stage:
+    """The stage that fits a term's `autoencoder` submodule to the teacher's map, alone."""
+    def loss(term: nn.Module) -> nn.Module:
+        return TeacherMapReconstruction(autoencoder, term.layer, term.teacher_layer, term.rate,
+                                        term.use_bn)
+    return Stage(name, epochs, loss, trains_student=False, trains_heads=(autoencoder,),
+                 description=f"{autoencoder} on the reconstruction of the teacher's map")
 
 
 class OD(LayerPairs, nn.Module):
@@ -116,10 +136,8 @@ class OD(LayerPairs, nn.Module):
 
     @nn.compact
     def __call__(self, student: Features, teacher: Features, ctx: Context) -> jax.Array:
-        if ctx.stage != DISTILL:
-            return zero_loss()
         pairs = self.pairs(student, teacher)
-        total = zero_loss()
+        total = 0.0
         for i, (name, s, t) in enumerate(pairs):
             s, t = core_losses.match_spatial(s, t)
             margin = factor_heads.NegativeMeanMargin(self.margin_momentum, name=f"margin_{name}")(
@@ -173,25 +191,15 @@ class IEKD(OneLayer, nn.Module):
         factor_channels = _factor_channels(t.shape[-1], self.rate)
         autoencoder = factor_heads.Paraphraser(t.shape[-1], factor_channels, self.use_bn,
                                                axis_name=ctx.axis_name, name="ie_autoencoder")
-        initializing = self.is_initializing()
-        loss = zero_loss()
-        if ctx.stage == IE_STAGE or initializing:
-            _, reconstruction = autoencoder(t, train=ctx.train)
-            if ctx.stage == IE_STAGE:
-                loss = factor_losses.reconstruction_loss(t, reconstruction)
-        if ctx.stage == DISTILL or initializing:
-            teacher_factor = jax.lax.stop_gradient(autoencoder.encode(t, train=False))
-            if self.distance == "od":
-                margin = factor_heads.NegativeMeanMargin(self.margin_momentum, name="margin")(
-                    teacher_factor, update=ctx.train, axis_name=ctx.axis_name)
-                teacher_factor = factor_losses.margin_relu(teacher_factor, margin)
-            distill = factor_heads.InheritExploreHead(
-                factor_channels, self.distance, self.inheritance_weight,
-                self.exploration_weight, self.use_bn, axis_name=ctx.axis_name,
-                name="ie_student")(s, teacher_factor, train=ctx.train)
-            if ctx.stage == DISTILL:
-                loss = distill
-        return loss
+        teacher_factor = jax.lax.stop_gradient(autoencoder.encode(t, train=False))
+        if self.distance == "od":
+            margin = factor_heads.NegativeMeanMargin(self.margin_momentum, name="margin")(
+                teacher_factor, update=ctx.train, axis_name=ctx.axis_name)
+            teacher_factor = factor_losses.margin_relu(teacher_factor, margin)
+        return factor_heads.InheritExploreHead(
+            factor_channels, self.distance, self.inheritance_weight, self.exploration_weight,
+            self.use_bn, axis_name=ctx.axis_name, name="ie_student")(
+                s, teacher_factor, train=ctx.train)
 
 
 class IEFT(IEKD):
@@ -281,8 +289,6 @@ class IEDML(nn.Module):
 
     @nn.compact
     def __call__(self, student: Features, teacher: Features, ctx: Context) -> jax.Array:
-        if ctx.stage != DISTILL and not self.is_initializing():
-            return zero_loss()
         peer_logits, peer_layers = self._run_peer(ctx)
         peer_layer = self.peer_layer or self.layer
         if peer_layer not in peer_layers:
@@ -309,7 +315,8 @@ class IEDML(nn.Module):
         peer_ie = factor_heads.InheritExploreHead(student_k, "ft", **weights, **common,
                                                   name="peer_ie")(
             p, jax.lax.stop_gradient(s_factor), train=ctx.train)
-        loss = (core_losses.cross_entropy(peer_logits, ctx.labels, ctx.labelled)
+        loss = (core_losses.cross_entropy(peer_logits, ctx.labels, ctx.labelled,
+                                           ctx.axis_name)
                 + student_ie + peer_ie + reconstruction)
         if self.kl_weight:
             student_logits = student["logits"]
@@ -326,15 +333,13 @@ _FT_PAPER = ("Kim, Park, Kwak, Paraphrasing Complex Network: Network Compression
 _OD_PAPER = "Heo et al., A Comprehensive Overhaul of Feature Distillation, ICCV 2019"
 _IE_PAPER = ("Huang et al., Revisiting Knowledge Distillation: An Inheritance and Exploration "
              "Framework, CVPR 2021")
-_IE_STAGES = (Stage(IE_STAGE, trains=("heads:ie_autoencoder",), epochs=30,
-                    description="auto-encoder on the reconstruction of the teacher's map"),)
+_IE_STAGES = (_reconstruction_stage(IE_STAGE, "ie_autoencoder", epochs=30),)
 _IE_EXAMPLE = dict(weight=1.0, layer="group3")
 
 METHODS = [
     Method("ft", FT, "factors of the last group map (paraphraser / translator)", _FT_PAPER,
            example=dict(weight=1.0, layer="group3"),
-           stages=(Stage(FT_STAGE, trains=("heads:paraphraser",), epochs=5,
-                         description="paraphraser on the reconstruction of the teacher's map"),),
+           stages=(_reconstruction_stage(FT_STAGE, "paraphraser", epochs=5),),
            frozen=("paraphraser",)),
     Method("od", OD, "pre-ReLU maps (margin ReLU, partial L2)", _OD_PAPER,
            example=dict(weight=1e-3, layers=GROUPS)),

@@ -5,9 +5,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 
-from vid_jax.methods.base import DISTILL, Context, Features, Method, zero_loss
+from vid_jax import losses
+from vid_jax.methods.base import Context, Features, Method
 from vid_jax.models import build_model
 
 
@@ -23,17 +23,6 @@ def mutual_kl(logits: Sequence[jax.Array]) -> list[jax.Array]:
               for j in range(k) if j != i]
         losses.append(jnp.mean(sum(kl)) / (k - 1))
     return losses
-
-
-def labelled_cross_entropy(logits: jax.Array, ctx: Context) -> jax.Array:
-    """Cross-entropy over the labelled images of the whole batch, like the trainer's task loss:
-    normalised by the global label count, so the mean over devices is the batch's loss."""
-    mask = ctx.labelled.astype(jnp.float32)
-    ce = jnp.sum(mask * optax.softmax_cross_entropy_with_integer_labels(logits, ctx.labels))
-    count, devices = jnp.sum(mask), 1
-    if ctx.axis_name is not None:
-        count, devices = jax.lax.psum(count, ctx.axis_name), jax.lax.psum(1, ctx.axis_name)
-    return ce * devices / jnp.maximum(count, 1.0)
 
 
 class DML(nn.Module):
@@ -59,12 +48,11 @@ class DML(nn.Module):
                              bn_axis_name=ctx.axis_name if ctx.train else None)
                  for i, config in enumerate(self.peer_models)]
         peer_logits = [peer(ctx.images, train=ctx.train) for peer in peers]
-        if ctx.stage != DISTILL:
-            return zero_loss()
         logits = [student["logits"]] + peer_logits
         mimicry = mutual_kl([x / self.temperature for x in logits])
-        return mimicry[0] + sum(labelled_cross_entropy(x, ctx) + kl
-                                for x, kl in zip(peer_logits, mimicry[1:]))
+        return mimicry[0] + sum(
+            losses.cross_entropy(x, ctx.labels, ctx.labelled, ctx.axis_name) + kl
+            for x, kl in zip(peer_logits, mimicry[1:]))
 
 
 METHODS = [

@@ -18,16 +18,13 @@ import jax
 from vid_jax.heads import relational as rel_heads
 from vid_jax.losses import relational as rel_losses
 from vid_jax.methods.base import (
-    DISTILL,
     Context,
     Features,
     LayerPairs,
     Method,
     OneLayer,
-    zero_loss,
 )
-
-GROUPS = ("group1", "group2", "group3")
+from vid_jax.models import WRN_GROUPS as GROUPS
 
 
 def gather_batch(x: jax.Array, ctx: Context) -> jax.Array:
@@ -50,8 +47,6 @@ class RKD(OneLayer, nn.Module):
     angle_weight: float = 50.0
 
     def __call__(self, student: Features, teacher: Features, ctx: Context) -> jax.Array:
-        if ctx.stage != DISTILL:
-            return zero_loss()
         s, t = self.read(student, teacher)
         return rel_losses.rkd_loss(gather_batch(s, ctx), gather_batch(t, ctx),
                                    self.distance_weight, self.angle_weight)
@@ -69,8 +64,6 @@ class SP(LayerPairs, nn.Module):
     teacher_layers: Sequence[str] | None = None
 
     def __call__(self, student: Features, teacher: Features, ctx: Context) -> jax.Array:
-        if ctx.stage != DISTILL:
-            return zero_loss()
         return sum(rel_losses.sp_loss(gather_batch(s, ctx), gather_batch(t, ctx))
                    for _, s, t in self.pairs(student, teacher))
 
@@ -96,8 +89,6 @@ class CC(OneLayer, nn.Module):
 
     @nn.compact
     def __call__(self, student: Features, teacher: Features, ctx: Context) -> jax.Array:
-        if ctx.stage != DISTILL:
-            return zero_loss()
         s, t = self.read(student, teacher)
         if self.embed_dim:
             s = rel_heads.LinearEmbedding(self.embed_dim, normalize=False,
@@ -115,8 +106,6 @@ class PKT(OneLayer, nn.Module):
     eps: float = 1e-7
 
     def __call__(self, student: Features, teacher: Features, ctx: Context) -> jax.Array:
-        if ctx.stage != DISTILL:
-            return zero_loss()
         s, t = self.read(student, teacher)
         return rel_losses.pkt_loss(gather_batch(s, ctx), gather_batch(t, ctx), self.eps)
 
@@ -141,8 +130,6 @@ class CRD(OneLayer, nn.Module):
 
     @nn.compact
     def __call__(self, student: Features, teacher: Features, ctx: Context) -> jax.Array:
-        if ctx.stage != DISTILL:
-            return zero_loss()
         s, t = self.read(student, teacher)
         head = rel_heads.CRDHead(self.embed_dim, self.num_negatives, self.temperature,
                                  self.momentum, self.symmetric, name="crd")

@@ -13,17 +13,15 @@ from vid_jax.heads import VIDHead
 from vid_jax.heads import transfer as transfer_heads
 from vid_jax.losses import transfer as transfer_losses
 from vid_jax.methods.base import (
-    DISTILL,
     Context,
     Features,
     LayerPairs,
     Method,
     OneLayer,
     Stage,
-    zero_loss,
 )
+from vid_jax.models import WRN_GROUPS as GROUPS
 
-GROUPS = ("group1", "group2", "group3")
 FSP_STAGE = "fsp_init"
 AB_STAGE = "ab_init"
 
@@ -40,8 +38,6 @@ class VIDLP(OneLayer, nn.Module):
 
     @nn.compact
     def __call__(self, student: Features, teacher: Features, ctx: Context) -> jax.Array:
-        if ctx.stage != DISTILL:
-            return zero_loss()
         s, t = self.read(student, teacher)
         return VIDHead(t.shape[-1], num_layers=1, init_variance=self.init_variance,
                        eps=self.eps, name="vid_lp")(s, t)
@@ -63,8 +59,6 @@ class LwF(OneLayer, nn.Module):
 
     @nn.compact
     def __call__(self, student: Features, teacher: Features, ctx: Context) -> jax.Array:
-        if ctx.stage != DISTILL:
-            return zero_loss()
         return transfer_heads.LwFHead(self.temperature, name="lwf")(*self.read(student, teacher))
 
 
@@ -79,8 +73,6 @@ class NST(LayerPairs, nn.Module):
     offset: float = 0.0
 
     def __call__(self, student: Features, teacher: Features, ctx: Context) -> jax.Array:
-        if ctx.stage != DISTILL:
-            return zero_loss()
         return sum(transfer_losses.nst_loss(s, t, self.degree, self.offset)
                    for _, s, t in self.pairs(student, teacher))
 
@@ -103,9 +95,9 @@ class FSP(LayerPairs, nn.Module):
     are the input and output of groups 2 and 3, the paper's pairs).
 
     The paper trains in two stages: the student on the FSP loss alone (stage `fsp_init`), then
-    on the task alone. So this term gives its loss only in `fsp_init`, and 0 in the main stage
-    unless `main_stage=True` (then it is added to the task loss at its weight, as a one-stage
-    method).
+    on the task alone. So this term gives its loss only in `fsp_init`, and the trainer leaves
+    it out of the main stage unless `main_stage=True` (then it is added to the task loss at its
+    weight, as a one-stage method).
 
     The paper needs equal student and teacher channels at every layer; with `adapt=False`
     (default) other channel counts raise a ValueError at the first call. `adapt=True` maps each
@@ -121,11 +113,7 @@ class FSP(LayerPairs, nn.Module):
 
     @nn.compact
     def __call__(self, student: Features, teacher: Features, ctx: Context) -> jax.Array:
-        active = ctx.stage == FSP_STAGE or (ctx.stage == DISTILL and self.main_stage)
-        if not (active or self.is_initializing()):
-            return zero_loss()
-        loss = transfer_losses.fsp_loss(*_adapted(self, student, teacher))
-        return loss if active else zero_loss()
+        return transfer_losses.fsp_loss(*_adapted(self, student, teacher))
 
 
 class KDSVD(LayerPairs, nn.Module):
@@ -147,11 +135,8 @@ class KDSVD(LayerPairs, nn.Module):
 
     @nn.compact
     def __call__(self, student: Features, teacher: Features, ctx: Context) -> jax.Array:
-        if ctx.stage != DISTILL and not self.is_initializing():
-            return zero_loss()
-        loss = transfer_losses.kd_svd_loss(*_adapted(self, student, teacher), self.num_vectors,
+        return transfer_losses.kd_svd_loss(*_adapted(self, student, teacher), self.num_vectors,
                                            self.rbf_scale, self.gap_eps)
-        return loss if ctx.stage == DISTILL else zero_loss()
 
 
 class AB(LayerPairs, nn.Module):
@@ -165,9 +150,9 @@ class AB(LayerPairs, nn.Module):
 
     AB is an initialisation: the paper trains the student and connectors on the AB loss alone
     (stage `ab_init`), then the student on the task alone. So this term gives its loss only in
-    `ab_init`, and 0 in the main stage unless `main_stage=True`. `layer_weights` (default all
-    1) weight the pairs; the authors' code uses 1/4, 1/2, 1 from the shallowest pair and an
-    overall 3e-3.
+    `ab_init`, and the trainer leaves it out of the main stage unless `main_stage=True`.
+    `layer_weights` (default all 1) weight the pairs; the authors' code uses 1/4, 1/2, 1 from
+    the shallowest pair and an overall 3e-3.
 
     The connectors' BatchNorm statistics are the term's `batch_stats` collection (kept by the
     trainer); they use batch statistics, averaged over `ctx.axis_name`, when `ctx.train`.
@@ -181,17 +166,13 @@ class AB(LayerPairs, nn.Module):
 
     @nn.compact
     def __call__(self, student: Features, teacher: Features, ctx: Context) -> jax.Array:
-        active = ctx.stage == AB_STAGE or (ctx.stage == DISTILL and self.main_stage)
-        if not (active or self.is_initializing()):
-            return zero_loss()
         pairs = self.pairs(student, teacher)
         weights = self.layer_weights or (1.0,) * len(pairs)
         if len(weights) != len(pairs):
             raise ValueError(f"AB: {len(weights)} layer_weights for {len(pairs)} layer pairs.")
-        loss = sum(w * transfer_heads.ABHead(t.shape[-1], self.margin, name=f"ab_{name}")(
+        return sum(w * transfer_heads.ABHead(t.shape[-1], self.margin, name=f"ab_{name}")(
                        s, t, ctx.train, ctx.axis_name)
                    for w, (name, s, t) in zip(weights, pairs))
-        return loss if active else zero_loss()
 
 
 METHODS = [
@@ -210,7 +191,7 @@ METHODS = [
            "Minimization and Transfer Learning, CVPR 2017",
            # adapt=True: WRN students are narrower than their teachers.
            example=dict(weight=1e-3, layers=GROUPS, adapt=True),
-           stages=(Stage(FSP_STAGE, trains=("student", "heads"), epochs=30,
+           stages=(Stage(FSP_STAGE, epochs=30,
                          description="student (and adapters) on the FSP loss alone"),)),
     Method("kd_svd", KDSVD, "RBF graphs of singular vectors of intermediate layers",
            "Lee, Kim & Song, Self-supervised Knowledge Distillation Using Singular Value "
@@ -220,6 +201,6 @@ METHODS = [
            "Heo et al., Knowledge Transfer via Distillation of Activation Boundaries Formed by "
            "Hidden Neurons, AAAI 2019",
            example=dict(weight=3e-3, layers=GROUPS, layer_weights=(0.25, 0.5, 1.0)),
-           stages=(Stage(AB_STAGE, trains=("student", "heads"), epochs=30,
+           stages=(Stage(AB_STAGE, epochs=30,
                          description="student and connectors on the AB loss alone"),)),
 ]

@@ -10,6 +10,8 @@ from vid_jax.models.mlp import MLP
 from vid_jax.models.wide_resnet import GROUPS as WRN_GROUPS
 from vid_jax.models.wide_resnet import WideResNet
 
+__all__ = ["MODELS", "WRN_GROUPS", "MLP", "WideResNet", "build_model", "sown_layers"]
+
 # A model class, or a partial of one that fixes its architecture (its config may override).
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "wrn": WideResNet,

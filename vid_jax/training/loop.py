@@ -1,0 +1,238 @@
+"""The loop: a run's stages, then its main stage, each epoch evaluated, checkpointed, logged.
+
+A run's workdir holds `checkpoints/` (the whole train state, for resuming), `best/` (the
+model variables of the best epoch), `metrics.jsonl`, `tensorboard/`, `config.json` and at
+the end `summary.json`. Running it again resumes from the latest checkpoint.
+
+Several runs that see the same batches (the rows of one table column and seed, the candidate
+weights of one term) can train together (`train_together`): one jitted step computes the
+augmentation and the teacher's forward once and updates every run; each run keeps its own
+workdir, optimizer state, checkpoints, metrics and summary, as if trained alone.
+"""
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import ml_collections
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+from tqdm import tqdm
+
+from vid_jax import data, methods
+from vid_jax.checkpoints import Checkpoints
+from vid_jax.metric_writer import MetricWriter, write_atomically
+from vid_jax.training.mesh import AXIS
+from vid_jax.training.metrics import MetricSums, check_finite, summarize
+from vid_jax.training.prepare import Run, check_shareable, prepare, shared_train_step
+from vid_jax.training.step import TrainState, evaluate, make_eval_step
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       dataset: data.Dataset | None = None) -> dict[str, Any]:
+    """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the summary.
+
+    Stages that the config's terms declare (FitNet's hints, FT's paraphraser...) run first,
+    each in `workdir/stages/<name>` with its own checkpoints; the main stage starts from the
+    weights the last one ended with.
+    """
+    return train_together([config], [workdir], dataset)[0]
+
+
+def train_together(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[str],
+                   dataset: data.Dataset | None = None) -> list[dict[str, Any]]:
+    """Trains several runs that see the same batches (`prepare.check_shareable`), each in its
+    workdir, their main stages in one shared step; returns their summaries.
+
+    A run's stages before the main one (which the others may not have) run alone first. Each
+    run gives the results it gives when trained alone, up to float round-off.
+    """
+    if len(configs) != len(workdirs) or not configs:
+        raise ValueError(f"{len(configs)} configs for {len(workdirs)} workdirs.")
+    check_shareable(configs)
+    if dataset is None:  # read once for all: the runs share config.data
+        dataset = data.load_dataset(configs[0].data)
+    runs = [prepare(config, dataset) for config in configs]
+    states, stages = [], []
+    for run, workdir in zip(runs, workdirs):
+        state, done = run.state, {}
+        for stage in run.stages:
+            if stage.epochs > 0:
+                if run.config.get("log_epochs", True):
+                    print(f"stage {stage.name}: {stage.description} ({stage.epochs} epochs)")
+                state, done[stage.name] = train_stage(
+                    run, state, os.path.join(workdir, "stages", stage.name), stage)
+        states.append(state)
+        stages.append(done)
+    _, summaries = train_stage_together(runs, states, workdirs, stages_before=stages)
+    return summaries
+
+
+def train_stage(run: Run, previous: TrainState, workdir: str,
+                stage: methods.Stage | None = None,
+                stages_before: dict[str, dict[str, Any]] | None = None
+                ) -> tuple[TrainState, dict[str, Any]]:
+    """Trains one stage in `workdir` from the weights of `previous`, resuming from the
+    workdir's latest checkpoint; returns the final state and the summary (which records the
+    summaries of `stages_before`)."""
+    (state,), (summary,) = train_stage_together([run], [previous], [workdir], stage,
+                                                [stages_before])
+    return state, summary
+
+
+@dataclasses.dataclass
+class _Progress:
+    """One run's side of a stage: its state and what it writes."""
+
+    run: Run
+    workdir: str
+    state: TrainState
+    checkpoints: Checkpoints
+    writer: MetricWriter
+    start_epoch: int
+    eval_step: Any
+    compile_seconds: float = 0.0
+
+
+def _open(run: Run, previous: TrainState, workdir: str,
+          stage: methods.Stage | None) -> _Progress:
+    """The stage's state from `previous`, or from the workdir's latest checkpoint."""
+    state = run.start_stage(stage, previous)
+    # Validation passed: from here on the workdir is written.
+    os.makedirs(workdir, exist_ok=True)
+    checkpoints = Checkpoints(workdir)
+    start_epoch = 0
+    restored = checkpoints.restore_latest(jax.device_get(state))
+    if restored is not None:
+        state, start_epoch = restored
+    write_atomically(os.path.join(workdir, "config.json"),
+                     run.config.to_json_best_effort(indent=2))
+    writer = MetricWriter(workdir, resume_epoch=start_epoch)
+    return _Progress(run, workdir, run.place(state), checkpoints, writer, start_epoch,
+                     make_eval_step(run.student, run.mesh, run.config))
+
+
+def train_stage_together(runs: Sequence[Run], previous: Sequence[TrainState],
+                         workdirs: Sequence[str], stage: methods.Stage | None = None,
+                         stages_before: Sequence[dict[str, Any] | None] | None = None
+                         ) -> tuple[list[TrainState], list[dict[str, Any]]]:
+    """`train_stage` of several runs in one shared step. A run whose workdir resumes from an
+    earlier epoch than another's first trains alone up to it."""
+    progress = []
+    try:
+        for run, state, workdir in zip(runs, previous, workdirs, strict=True):
+            progress.append(_open(run, state, workdir, stage))
+        num_epochs = {(r.config.num_epochs if stage is None else stage.epochs) for r in runs}
+        if len(num_epochs) > 1:
+            raise ValueError(f"Runs that share a step must train as many epochs; got "
+                             f"{sorted(num_epochs)}.")
+        (num_epochs,) = num_epochs
+        together_from = max(p.start_epoch for p in progress)
+        for p in progress:
+            if p.start_epoch < together_from:
+                _train_epochs([p], stage, p.start_epoch + 1, together_from, num_epochs)
+        _train_epochs(progress, stage, together_from + 1, num_epochs, num_epochs)
+    finally:  # closed also on an error, so the checkpoints saved so far are complete
+        for p in progress:
+            p.writer.close()
+            p.checkpoints.close()
+
+    summaries = []
+    for p, before in zip(progress, stages_before or [None] * len(progress)):
+        selection = "validation" if p.run.dataset.validation is not None else "test"
+        summary = summarize(p.workdir, selection)
+        num_params = sum(x.size for x in jax.tree.leaves(p.state.params["student"]))
+        summary.update(compile_seconds=p.compile_seconds, student_parameters=int(num_params))
+        if len(progress) > 1:
+            summary["trained_together_with"] = [q.workdir for q in progress if q is not p]
+        if before:
+            summary["stages"] = before
+        write_atomically(os.path.join(p.workdir, "summary.json"), json.dumps(summary, indent=2))
+        summaries.append(summary)
+    return [p.state for p in progress], summaries
+
+
+def _train_epochs(progress: Sequence[_Progress], stage: methods.Stage | None, first: int,
+                  last: int, num_epochs: int) -> None:
+    """Epochs first..last of every run in `progress`, in one shared step; each epoch of each
+    run is then evaluated, written and checkpointed as its config says."""
+    if first > last:
+        return
+    lead = progress[0].run  # the runs share batches: any of them gives them
+    config, sampler = lead.config, lead.sampler
+    shared = len(progress) > 1
+    step_fn = (shared_train_step([p.run for p in progress], stage) if shared
+               else lead.train_step(stage))
+    states = [p.state for p in progress]
+    compile_seconds = step_fn.compile(tuple(states) if shared else states[0], lead.batch(0))
+    for p in progress:
+        p.compile_seconds = max(p.compile_seconds, compile_seconds)
+    schedules = [p.run.optimizer(stage)[1] for p in progress]
+    names = ", ".join(os.path.basename(p.workdir.rstrip("/")) for p in progress)
+
+    for epoch in range(first, last + 1):
+        t0 = time.perf_counter()
+        sums = [MetricSums() for _ in progress]
+        first_step = (epoch - 1) * sampler.steps_per_epoch
+        at_start: list[dict[str, float]] = [{} for _ in progress]
+        for step in tqdm(range(first_step, first_step + sampler.steps_per_epoch),
+                         desc=f"epoch {epoch}/{num_epochs}" + (f" ({names})" if shared else ""),
+                         leave=False, disable=not config.get("progress_bar", True)):
+            if shared:
+                states, metrics = step_fn(tuple(states), lead.batch(step))
+            else:
+                (states, metrics) = step_fn(states[0], lead.batch(step))
+                states, metrics = [states], [metrics]
+            for i, m in enumerate(metrics):
+                sums[i].add(m)
+                if step == 0:  # the losses of the weights the stage starts from
+                    at_start[i] = {f"{k}_at_start": float(v)
+                                   for k, v in jax.device_get(m).items() if k.endswith("_loss")}
+        seconds = time.perf_counter() - t0
+        for i, p in enumerate(progress):
+            p.state = states[i]
+            _end_epoch(p, epoch, num_epochs, sums[i].result(), at_start[i], schedules[i],
+                       seconds)
+
+
+def _end_epoch(p: _Progress, epoch: int, num_epochs: int, totals: dict[str, float],
+               at_start: dict[str, float], schedule, seconds: float) -> None:
+    """One run's epoch: its record, evaluation, metrics line, checkpoint and log line."""
+    run, config, dataset = p.run, p.run.config, p.run.dataset
+    steps = run.sampler.steps_per_epoch
+    check_finite(totals, epoch, p.workdir)
+    record = {k: float(v) / steps for k, v in totals.items()
+              if k not in ("train_correct", "train_labelled")}
+    record["train_accuracy"] = float(totals["train_correct"]) / max(
+        float(totals["train_labelled"]), 1.0)
+    record["learning_rate"] = float(schedule(int(p.state.step) - 1))
+    # Images this run's step went through per second (of a shared step: the whole step's).
+    record["images_per_sec"] = steps * config.batch_size / seconds
+    if epoch == 1:
+        record.update(at_start)
+    variables = {"params": p.state.params["student"], "batch_stats": p.state.batch_stats}
+    # Evaluating 10,000 test images can cost as much as an epoch on few training images:
+    # `eval_every_epochs` thins it out; the last epoch is always evaluated.
+    evaluated = epoch % config.get("eval_every_epochs", 1) == 0 or epoch == num_epochs
+    if evaluated:
+        eval_batch = config.get("eval_batch_size") or config.batch_size
+        sharding = NamedSharding(run.mesh, P(AXIS))
+        for split_name, split in (("test", dataset.test), ("validation", dataset.validation)):
+            if split is not None:
+                for k, v in evaluate(p.eval_step, variables, split, eval_batch,
+                                     sharding).items():
+                    record[f"{split_name}_{k}"] = v
+    p.writer.write(epoch, record)
+    selection = "validation" if dataset.validation is not None else "test"
+    # A save needs the accuracy that ranks the best checkpoint: only evaluated epochs.
+    if evaluated and (epoch % config.checkpoint_every_epochs == 0 or epoch == num_epochs):
+        p.checkpoints.save(epoch, p.state, variables,
+                           {"accuracy": record[f"{selection}_accuracy"]})
+    if config.get("log_epochs", True):
+        test = f"  test_acc {record['test_accuracy']:.4f}" if evaluated else ""
+        print(f"epoch {epoch:4d}  loss {record['loss']:.4f}  train_acc "
+              f"{record['train_accuracy']:.4f}{test}  "
+              f"{record['images_per_sec']:.0f} img/s", flush=True)
