@@ -22,13 +22,9 @@ M = (5000, 1000, 500, 100)
 
 
 def get_config(scale: str = "small") -> ml_collections.ConfigDict:
-    return common.grid(
+    return common.table1_grid(
         "cifar10_table1",
         "Table 1a: CIFAR-10, WRN-40-2 teacher -> WRN-16-1 student, M training images per class",
-        common.table1_student(), common.TABLE1_ROWS,
         {f"M={m}": dict(data=dict(images_per_class=m)) for m in M}, scale,
         train_images={f"M={m}": 10 * m for m in M},
-        seed_fields=("seed", "data.subset_seed"),
-        teacher=common.teacher(common.CIFAR10_TEACHER_WORKDIR),
-        teacher_hint=common.CIFAR10_TEACHER_HINT,
         notes="Each seed draws its own M-per-class subset (config.data.subset_seed = seed).")

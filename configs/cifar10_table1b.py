@@ -14,13 +14,9 @@ N_L = (1000, 500, 100)
 
 
 def get_config(scale: str = "small") -> ml_collections.ConfigDict:
-    return common.grid(
+    return common.table1_grid(
         "cifar10_table1b",
         "Table 1b: CIFAR-10, WRN-40-2 -> WRN-16-1, all 50,000 images, N_l labelled per class",
-        common.table1_student(), common.TABLE1_ROWS,
         {f"N_l={n}": dict(data=dict(labels_per_class=n)) for n in N_L}, scale,
         train_images={f"N_l={n}": 50_000 for n in N_L},
-        seed_fields=("seed", "data.subset_seed"),
-        teacher=common.teacher(common.CIFAR10_TEACHER_WORKDIR),
-        teacher_hint=common.CIFAR10_TEACHER_HINT,
         notes="Unlabelled images get no task loss, only the distillation terms.")

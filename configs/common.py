@@ -125,3 +125,13 @@ def grid(name: str, title: str, cell: ml_collections.ConfigDict, rows: Sequence[
     return grid_config(name, title, cell, rows, columns, terms=terms, scale=scale,
                        images_per_cell=SMALL_SCALE_IMAGES if scale == "small" else None,
                        paper=PAPER.get(name), **fields)
+
+
+def table1_grid(name: str, title: str, columns: Mapping[str, Mapping[str, Any]], scale: str,
+                train_images: Mapping[str, int], notes: str) -> ml_collections.ConfigDict:
+    """A grid of Table 1 (1a or 1b): its rows, on Table 1's student and teacher; each seed
+    draws its own subset."""
+    return grid(name, title, table1_student(), TABLE1_ROWS, columns, scale,
+                train_images=train_images, seed_fields=("seed", "data.subset_seed"),
+                teacher=teacher(CIFAR10_TEACHER_WORKDIR), teacher_hint=CIFAR10_TEACHER_HINT,
+                notes=notes)
