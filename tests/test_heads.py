@@ -28,6 +28,11 @@ def _linear_teacher(rng, student, c_t):
     return student @ w
 
 
+def _matrix(params, conv):
+    """A PointwiseConv's [1, 1, C_in, C_out] kernel as a NumPy [C_in, C_out] matrix."""
+    return np.asarray(params[conv]["kernel"])[0, 0]
+
+
 def _sgd_losses(head, variables, student, teacher, steps, lr):
     """Loss before and after `steps` plain SGD steps, and the trained variables."""
     opt = optax.sgd(lr)
@@ -241,6 +246,165 @@ class VIDHeadTest(chex.TestCase):
             heads.VIDHead(teacher_channels=4, init_variance=0.0).init(self.key, s, t)
         with self.assertRaisesRegex(ValueError, "rank"):
             heads.VIDHead(teacher_channels=4).init(self.key, s, t[:, 0, 0, :])
+
+
+class VIDHeadVariantsTest(chex.TestCase):
+    """The mean networks and variance parameterisations of the implementations of VID."""
+
+    def setUp(self):
+        super().setUp()
+        self.rng = np.random.default_rng(7)
+        self.key = jax.random.key(7)
+
+    @parameterized.named_parameters(
+        # (conv name, kernel shape, has bias) for C_s = 3, C_t = 6.
+        ("paper", "paper", [((1, 1, 3, 6), True), ((1, 1, 6, 6), True), ((1, 1, 6, 6), True)]),
+        ("repdistiller", "repdistiller",
+         [((1, 1, 3, 6), False), ((1, 1, 6, 6), False), ((1, 1, 6, 6), False)]),
+        ("authors", "authors", [((1, 1, 3, 6), False), ((1, 1, 6, 6), False)]),
+        ("workshop", "workshop", [((1, 1, 3, 6), False), ((1, 1, 6, 6), True)]),
+    )
+    def test_param_shapes(self, mean_network, convs):
+        head = heads.VIDHead(teacher_channels=6, mean_network=mean_network)
+        s, t = np.ones((2, 4, 4, 3), np.float32), np.ones((2, 4, 4, 6), np.float32)
+        variables = head.init(self.key, s, t)
+        params = variables["params"]
+        chex.assert_shape(params["alpha"], (6,))
+        self.assertEqual(sorted(k for k in params if k.startswith("convs")),
+                         [f"convs_{i}" for i in range(len(convs))])
+        for i, (shape, has_bias) in enumerate(convs):
+            chex.assert_shape(params[f"convs_{i}"]["kernel"], shape)
+            self.assertEqual("bias" in params[f"convs_{i}"], has_bias)
+        if mean_network == "workshop":
+            chex.assert_shape((params["bns_0"]["scale"], variables["batch_stats"]["bns_0"]["mean"],
+                               variables["batch_stats"]["bns_0"]["var"]), [(6,)] * 3)
+        else:
+            self.assertEqual(set(variables), {"params"})
+            self.assertNotIn("bns_0", params)
+
+    def test_num_and_hidden_channels_apply_to_every_network(self):
+        s, t = np.ones((2, 4, 4, 3), np.float32), np.ones((2, 4, 4, 6), np.float32)
+        params = heads.VIDHead(6, hidden_channels=8, num_layers=3, mean_network="authors").init(
+            self.key, s, t)["params"]
+        self.assertEqual([params[f"convs_{i}"]["kernel"].shape for i in range(3)],
+                         [(1, 1, 3, 8), (1, 1, 8, 8), (1, 1, 8, 6)])
+
+    @parameterized.parameters("repdistiller", "authors")
+    def test_pytorch_default_kernels(self, mean_network):
+        # U(-1/sqrt(C_in), 1/sqrt(C_in)), PyTorch's nn.Conv2d default (std 1/sqrt(3 C_in)).
+        s, t = np.ones((2, 1, 1, 64), np.float32), np.ones((2, 1, 1, 64), np.float32)
+        kernel = np.asarray(heads.VIDHead(64, mean_network=mean_network).init(
+            self.key, s, t)["params"]["convs_0"]["kernel"])
+        self.assertLessEqual(np.abs(kernel).max(), 1 / 8)
+        np.testing.assert_allclose(kernel.std(), 1 / np.sqrt(3 * 64), rtol=0.05)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_authors_mean_is_linear_in_the_student_map(self):
+        head = heads.VIDHead(teacher_channels=4, mean_network="authors")
+        s1, s2 = _normal(self.rng, (2, 3, 3, 5)), _normal(self.rng, (2, 3, 3, 5))
+        variables = head.init(self.key, s1, _normal(self.rng, (2, 3, 3, 4)))
+        mean = self.variant(
+            lambda x: head.apply(variables, x, method=heads.VIDHead.mean_and_variance)[0])
+        np.testing.assert_allclose(mean(2.0 * s1 - 3.0 * s2), 2.0 * mean(s1) - 3.0 * mean(s2),
+                                   rtol=1e-5, atol=1e-5)
+        # The product of its two kernels, no bias, nothing between.
+        p = variables["params"]
+        product = _matrix(p, "convs_0") @ _matrix(p, "convs_1")
+        np.testing.assert_allclose(mean(s1), s1 @ product, rtol=1e-5, atol=1e-6)
+        # The default is not linear (ReLU between its convolutions).
+        paper = heads.VIDHead(teacher_channels=4)
+        pv = paper.init(self.key, s1, _normal(self.rng, (2, 3, 3, 4)))
+        paper_mean = lambda x: paper.apply(pv, x, method=heads.VIDHead.mean_and_variance)[0]  # noqa: E731
+        self.assertFalse(np.allclose(paper_mean(-s1), -paper_mean(s1), atol=1e-3))
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.parameters(5.0, 0.5)
+    def test_authors_variance_starts_at_softplus_of_softplus(self, init_variance):
+        head = heads.VIDHead(teacher_channels=4, variance="authors", init_variance=init_variance)
+        s = _normal(self.rng, (2, 4, 4, 3))
+        variables = head.init(self.key, s, _normal(self.rng, (2, 4, 4, 4)))
+        softplus = lambda x: np.log1p(np.exp(x))  # noqa: E731
+        np.testing.assert_allclose(variables["params"]["alpha"], softplus(init_variance),
+                                   rtol=1e-6)
+        variance = self.variant(
+            lambda v, x: head.apply(v, x, method=heads.VIDHead.mean_and_variance)[1])(variables, s)
+        np.testing.assert_allclose(variance, softplus(softplus(init_variance)), rtol=1e-6)
+        if init_variance == 5.0:
+            np.testing.assert_allclose(variance, 5.0134, atol=1e-4)
+        # softplus(alpha), without eps, wherever alpha is.
+        alpha = np.array([-30.0, -1.0, 0.0, 3.0], np.float32)
+        variance = head.apply({"params": {**variables["params"], "alpha": alpha}}, s,
+                              method=heads.VIDHead.mean_and_variance)[1]
+        np.testing.assert_allclose(variance, softplus(alpha.astype(np.float64)), rtol=1e-5)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_workshop_mean_is_conv_bn_relu_conv(self):
+        head = heads.VIDHead(teacher_channels=4, hidden_channels=6, mean_network="workshop")
+        s = _normal(self.rng, (4, 3, 3, 3))
+        variables = head.init(self.key, s, _normal(self.rng, (4, 3, 3, 4)))
+        p = variables["params"]
+        hidden = s @ _matrix(p, "convs_0")
+        # Training: statistics of the batch (biased variance, eps 1e-5).
+        mu, var = hidden.mean(axis=(0, 1, 2)), hidden.var(axis=(0, 1, 2))
+        normed = ((hidden - mu) / np.sqrt(var + 1e-5) * np.asarray(p["bns_0"]["scale"])
+                  + np.asarray(p["bns_0"]["bias"]))
+        expected = np.maximum(normed, 0.0) @ _matrix(p, "convs_1") + p["convs_1"]["bias"]
+        mean, _ = self.variant(lambda v, x: head.apply(
+            v, x, True, method=heads.VIDHead.mean_and_variance, mutable=["batch_stats"])[0])(
+                variables, s)
+        np.testing.assert_allclose(mean, expected, rtol=1e-4, atol=1e-5)
+
+    def test_workshop_batch_stats_update_in_training_only(self):
+        head = heads.VIDHead(teacher_channels=4, mean_network="workshop")
+        s = _normal(self.rng, (4, 3, 3, 3), scale=3.0) + 1.0
+        t = _normal(self.rng, (4, 3, 3, 4))
+        variables = head.init(self.key, s, t)
+        start = variables["batch_stats"]
+        np.testing.assert_allclose(start["bns_0"]["mean"], 0.0)
+        np.testing.assert_allclose(start["bns_0"]["var"], 1.0)
+        # Training: batch statistics, and the running ones move (momentum 0.9, PyTorch's 0.1).
+        train_loss, updated = jax.jit(lambda v: head.apply(v, s, t, True, mutable=["batch_stats"]))(
+            variables)
+        p = variables["params"]
+        hidden = s @ _matrix(p, "convs_0")
+        np.testing.assert_allclose(updated["batch_stats"]["bns_0"]["mean"],
+                                   0.1 * hidden.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6)
+        # Evaluation: the running statistics, which stay; a different loss than training's.
+        eval_loss, same = jax.jit(lambda v: head.apply(v, s, t, False, mutable=["batch_stats"]))(
+            variables)
+        chex.assert_trees_all_equal(same["batch_stats"], start)
+        self.assertGreater(abs(float(train_loss) - float(eval_loss)), 1e-4)
+        # Without mutable batch_stats, evaluation needs no collection to be writable.
+        np.testing.assert_allclose(head.apply(variables, s, t), eval_loss, rtol=1e-6)
+
+    @parameterized.named_parameters(
+        ("authors", dict(mean_network="authors", variance="authors")),
+        ("repdistiller", dict(mean_network="repdistiller")),
+    )
+    def test_loss_decreases_under_sgd(self, kwargs):
+        head = heads.VIDHead(teacher_channels=4, **kwargs)
+        s = _normal(self.rng, (8, 4, 4, 3))
+        t = _linear_teacher(self.rng, s, 4)
+        variables = head.init(self.key, s, t)
+        # PyTorch's smaller initial kernels start slower than the default's: more steps.
+        first, last, trained = _sgd_losses(head, variables, s, t, steps=100, lr=0.5)
+        self.assertLess(last, first - 0.1)
+        mean_and_var = heads.VIDHead.mean_and_variance
+        mse_before = np.mean((head.apply(variables, s, method=mean_and_var)[0] - t) ** 2)
+        mse_after = np.mean((head.apply(trained, s, method=mean_and_var)[0] - t) ** 2)
+        self.assertLess(mse_after, 0.9 * mse_before)
+
+    def test_unknown_values_name_the_choices(self):
+        s, t = np.ones((2, 4, 4, 3), np.float32), np.ones((2, 4, 4, 4), np.float32)
+        with self.assertRaisesRegex(
+                ValueError, "mean_network='relu' is not one of 'paper', 'repdistiller', "
+                            "'authors', 'workshop'"):
+            heads.VIDHead(4, mean_network="relu").init(self.key, s, t)
+        with self.assertRaisesRegex(
+                ValueError, "variance='exp' is not one of 'softplus_eps', 'authors'"):
+            heads.VIDHead(4, variance="exp").init(self.key, s, t)
+        # The authors' parameterisation has no eps, so any init_variance is allowed.
+        heads.VIDHead(4, variance="authors", init_variance=0.0).init(self.key, s, t)
 
 
 class FitNetHeadTest(chex.TestCase):

@@ -68,7 +68,7 @@ def build_terms(distill_config: Mapping[str, Any] | None) -> list[Term]:
         method = METHODS[method_name]
         try:
             module = method.build(**entry)
-        except TypeError as e:
+        except (TypeError, ValueError) as e:  # unknown argument; a bad value a term checks
             raise ValueError(
                 f"config.distill.{name}: bad arguments for {method_name!r}: {e}") from e
         terms.append(Term(name, weight, module, method))

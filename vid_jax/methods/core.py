@@ -10,20 +10,36 @@ from vid_jax.models import WRN_GROUPS as GROUPS
 
 
 class VIDI(LayerPairs, nn.Module):
-    """VID-I (Ahn et al. 2019, eq. 2-4): -log q(t|s) summed over intermediate layer pairs."""
+    """VID-I (Ahn et al. 2019, eq. 2-4): -log q(t|s) summed over intermediate layer pairs.
+
+    One `heads.VIDHead` per pair; `mean_network` ("paper", "repdistiller", "authors",
+    "workshop") and `variance` ("softplus_eps", "authors") choose how mu and sigma^2 are built,
+    as the CVPR text (the default, that of the committed results), RepDistiller, the authors'
+    code or the workshop text do (see `heads.VIDHead`). The authors' own recipe is
+    `dict(weight=0.1, mean_network="authors", variance="authors")` with KD (T=2) beside it.
+    "workshop"'s batch norm uses batch statistics, averaged over `ctx.axis_name`, when
+    `ctx.train`; its statistics are the term's `batch_stats` collection.
+    """
 
     layers: Sequence[str] = GROUPS
     teacher_layers: Sequence[str] | None = None
     hidden_channels: int | None = None
-    num_layers: int = 3
+    num_layers: int | None = None
     init_variance: float = 5.0
     eps: float = 1e-5
+    mean_network: str = "paper"
+    variance: str = "softplus_eps"
+
+    def __post_init__(self) -> None:
+        heads.check_vid_options(self.mean_network, self.variance)  # at config time
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, student: Features, teacher: Features, ctx: Context) -> jax.Array:
         return sum(
             heads.VIDHead(t.shape[-1], self.hidden_channels, self.num_layers,
-                          self.init_variance, self.eps, name=f"vid_{name}")(s, t)
+                          self.init_variance, self.eps, self.mean_network, self.variance,
+                          ctx.axis_name, name=f"vid_{name}")(s, t, ctx.train)
             for name, s, t in self.pairs(student, teacher))
 
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 
-from vid_jax.heads import VIDHead
+from vid_jax.heads import VIDHead, check_vid_options
 from vid_jax.heads import transfer as transfer_heads
 from vid_jax.losses import transfer as transfer_losses
 from vid_jax.methods.base import (
@@ -29,18 +29,25 @@ AB_STAGE = "ab_init"
 class VIDLP(OneLayer, nn.Module):
     """VID-LP (Ahn et al. 2019, eq. 3 and 6): -log q(t|s) of the teacher's logits t, with a
     Gaussian whose mean is linear in the student's penultimate features s, mu(s) = W s + b,
-    and whose variance is one softplus(alpha) + eps per logit (`heads.VIDHead`, one layer)."""
+    and whose variance is one per logit (`heads.VIDHead`, one layer): `variance`
+    "softplus_eps" (default, as VID-I's) or "authors" (softplus, no eps, the authors' VID-I
+    initialisation). The mean network is not a field: the paper defines VID-LP's as linear."""
 
     layer: str = "features"
     teacher_layer: str = "logits"
     init_variance: float = 5.0
     eps: float = 1e-5
+    variance: str = "softplus_eps"
+
+    def __post_init__(self) -> None:
+        check_vid_options("paper", self.variance)  # at config time
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, student: Features, teacher: Features, ctx: Context) -> jax.Array:
         s, t = self.read(student, teacher)
         return VIDHead(t.shape[-1], num_layers=1, init_variance=self.init_variance,
-                       eps=self.eps, name="vid_lp")(s, t)
+                       eps=self.eps, variance=self.variance, name="vid_lp")(s, t)
 
 
 class LwF(OneLayer, nn.Module):
