@@ -188,6 +188,7 @@ def test_cells_that_see_the_same_batches_train_together(tmp_path):
     config = _toy_grid(_teacher_checkpoint(tmp_path))
     config.table.changes["b"] = {"data": {"images_per_class": 5}}
     config.runs_per_step = 8
+    config.results = str(tmp_path / "r" / "toy.json")
     runs = runner.expand(config, str(tmp_path / "grid"))
     names = lambda groups: [[r.name for r in g] for g in groups]  # noqa: E731
     assert names(runner.step_groups(runs, 8)) == [
