@@ -130,9 +130,9 @@ def test_online_peers_see_the_whole_batch_however_its_labels_fall_across_devices
     distill = {"dml": dict(peer_models=(peer,)), "ie_dml": dict(peer_model=peer)}
     one_state, one_metrics, _ = _steps(1, dataset, num_steps=1, distill=distill)
     four_state, four_metrics, _ = _steps(4, dataset, num_steps=1, distill=distill)
-    run = training.prepare(distill_config(num_devices=4), dataset,
-                           teacher_variables=_teacher_variables(dataset))
-    per_device = dataset.train.labelled[run.sampler.indices(0)].reshape(4, -1).sum(1)
+    config = distill_config()
+    sampler = training.BatchSampler(len(dataset.train), config.batch_size, config.seed)
+    per_device = dataset.train.labelled[sampler.indices(0)].reshape(4, -1).sum(1)
     assert len(set(per_device.tolist())) > 1, f"labels fall evenly: {per_device}"
     for a, b in zip(one_metrics, four_metrics):
         for key in ("dml_loss", "ie_dml_loss", "loss"):
@@ -238,9 +238,9 @@ def test_runs_trained_together_give_what_each_gives_alone(teacher_run, tmp_path)
     pair; FitNet, whose hint stage runs alone first) in one shared step, against each alone:
     the same metrics, checkpoints and summaries up to float round-off."""
     teacher_workdir, _ = teacher_run
-    student = tiny_config(num_epochs=2, num_devices=2)
-    vid = distill_config(teacher_workdir, num_epochs=2, num_devices=2)
-    fitnet = distill_config(teacher_workdir, num_epochs=2, num_devices=2)
+    student = tiny_config(num_epochs=1, num_devices=2)
+    vid = distill_config(teacher_workdir, num_epochs=1, num_devices=2)
+    fitnet = distill_config(teacher_workdir, num_epochs=1, num_devices=2)
     fitnet.distill = {"fitnet": dict(layers=("group2",))}
     fitnet.stage_epochs = {"fitnet_hint": 1}
     configs = [student, vid, fitnet]
