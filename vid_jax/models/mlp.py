@@ -15,7 +15,7 @@ The model sows, into the `intermediates` collection (it knows nothing of distill
   logits                  the classifier output, in float32
 """
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -37,6 +37,7 @@ class MLP(nn.Module):
     batch_norm: bool = False
     bn_axis_name: str | None = None
     dtype: Any = jnp.float32
+    CLASSIFIER: ClassVar[str] = "classifier"  # the module that makes the logits
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:

@@ -9,6 +9,9 @@ shape changes. Padding is PyTorch's (k // 2 on each side), so torchvision weight
 
 With 1000 classes, resnet18 has 11,689,512 parameters and resnet34 21,797,672, resnet50
 25,557,032: torchvision's counts (BN scale and bias included; running statistics are state).
+Module names follow torchvision's (conv1, bn1, stage{k}_block{i} for layer{k}.{i}, conv1..3,
+bn1..3, downsample_conv / downsample_bn for downsample.0 / .1, fc), so its weights and timm's
+load with `vid_jax.pretrained`; `base_channels` (64) scales every width, for small test nets.
 
 The model sows, into the `intermediates` collection (it knows nothing of distillation):
 
@@ -122,25 +125,29 @@ def run_stages(module: nn.Module, x: jnp.ndarray, stage_sizes: Sequence[int],
 class ResNet(nn.Module):
     """ResNet with `stage_sizes` blocks of type `block` ("basic" or "bottleneck") per stage.
 
-    `bn_axis_name` averages batch statistics over devices when training."""
+    `bn_axis_name` averages batch statistics over devices when training; `base_channels` is
+    the width of the stem and the first stage (stage k has base_channels * 2^(k-1), times 4 at
+    a bottleneck block's output)."""
 
     stage_sizes: Sequence[int]
     num_classes: int
     block: str = "basic"
+    base_channels: int = 64
     bn_axis_name: str | None = None
     dtype: Any = jnp.float32
+    CLASSIFIER: ClassVar[str] = "fc"  # the module that makes the logits
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         if self.block not in BLOCKS:
             raise ValueError(f"ResNet block must be one of {sorted(BLOCKS)}, got {self.block!r}.")
         norm = batch_norm(train, self.bn_axis_name, self.dtype)
-        x = conv(64, 7, 2, self.dtype, name="conv1")(x.astype(self.dtype))
+        x = conv(self.base_channels, 7, 2, self.dtype, name="conv1")(x.astype(self.dtype))
         x = nn.relu(norm(name="bn1")(x))
         x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
         self.sow("intermediates", "stem", x)
         stage_sizes = tuple(self.stage_sizes)
-        channels = [64 * 2 ** i for i in range(len(stage_sizes))]
+        channels = [self.base_channels * 2 ** i for i in range(len(stage_sizes))]
         x = run_stages(self, x, stage_sizes, channels, BLOCKS[self.block], norm)
         x = jnp.mean(x, axis=(1, 2))
         self.sow("intermediates", "features", x)

@@ -22,7 +22,7 @@ The model sows, into the `intermediates` collection (it knows nothing of distill
 """
 import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -39,6 +39,7 @@ class VGG(nn.Module):
     num_classes: int
     bn_axis_name: str | None = None
     dtype: Any = jnp.float32
+    CLASSIFIER: ClassVar[str] = "classifier"  # the module that makes the logits
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:

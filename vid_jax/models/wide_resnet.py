@@ -8,7 +8,7 @@ distillation methods tap (it knows nothing of them):
   features                the penultimate features (after BN-ReLU and global average pooling)
   logits                  the classifier output
 """
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -53,6 +53,7 @@ class WideResNet(nn.Module):
     num_classes: int
     bn_axis_name: str | None = None
     dtype: Any = jnp.float32
+    CLASSIFIER: ClassVar[str] = "Dense_0"  # the module that makes the logits (unnamed)
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
