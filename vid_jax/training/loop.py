@@ -8,7 +8,12 @@ Several runs that see the same batches (the rows of one table column and seed, t
 weights of one term) can train together (`train_together`): one jitted step computes the
 augmentation and the teacher's forward once and updates every run; each run keeps its own
 workdir, optimizer state, checkpoints, metrics and summary, as if trained alone.
+
+A workdir is trained by one process at a time (`vid_jax.workdir.locked`) and under one config:
+a rerun with other values is refused before anything is written, unless the changed fields
+are allowed (`allow_changes`; each change is recorded with its first epoch).
 """
+import contextlib
 import dataclasses
 import json
 import os
@@ -24,26 +29,42 @@ from tqdm import tqdm
 
 from vid_jax import data, methods
 from vid_jax.checkpoints import Checkpoints
-from vid_jax.metric_writer import MetricWriter, write_atomically
+from vid_jax.metric_writer import MetricWriter, read_metrics, write_atomically
 from vid_jax.training.mesh import AXIS
 from vid_jax.training.metrics import MetricSums, check_finite, summarize
 from vid_jax.training.prepare import Run, check_shareable, prepare, shared_train_step
 from vid_jax.training.step import TrainState, evaluate, make_eval_step
+from vid_jax.workdir import (
+    CONFIG,
+    SUMMARY,
+    Change,
+    check_resume,
+    check_writable,
+    locked,
+    record_changes,
+)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       dataset: data.Dataset | None = None) -> dict[str, Any]:
+                       dataset: data.Dataset | None = None,
+                       allow_changes: Sequence[str] = ()) -> dict[str, Any]:
     """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the summary.
 
     Stages that the config's terms declare (FitNet's hints, FT's paraphraser...) run first,
     each in `workdir/stages/<name>` with its own checkpoints; the main stage starts from the
-    weights the last one ended with.
+    weights the last one ended with. A workdir that trained under another config is refused
+    (`vid_jax.workdir.check_resume`) unless the fields that differ are in `allow_changes`.
     """
-    return train_together([config], [workdir], dataset)[0]
+    return train_together([config], [workdir], dataset, allow_changes)[0]
+
+
+def _stage_workdir(workdir: str, stage: methods.Stage) -> str:
+    return os.path.join(workdir, "stages", stage.name)
 
 
 def train_together(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[str],
-                   dataset: data.Dataset | None = None) -> list[dict[str, Any]]:
+                   dataset: data.Dataset | None = None,
+                   allow_changes: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Trains several runs that see the same batches (`prepare.check_shareable`), each in its
     workdir, their main stages in one shared step; returns their summaries.
 
@@ -52,40 +73,49 @@ def train_together(configs: Sequence[ml_collections.ConfigDict], workdirs: Seque
     """
     if len(configs) != len(workdirs) or not configs:
         raise ValueError(f"{len(configs)} configs for {len(workdirs)} workdirs.")
+    for config, workdir in zip(configs, workdirs):  # before anything is read or written
+        check_writable(workdir)
+        check_resume(workdir, config, allow_changes)
     check_shareable(configs)
     if dataset is None:  # read once for all: the runs share config.data
         dataset = data.load_dataset(configs[0].data)
     runs = [prepare(config, dataset) for config in configs]
-    states, stages = [], []
-    for run, workdir in zip(runs, workdirs):
-        state, done = run.state, {}
-        for stage in run.stages:
-            if stage.epochs > 0:
-                if run.config.get("log_epochs", True):
-                    print(f"stage {stage.name}: {stage.description} ({stage.epochs} epochs)")
-                state, done[stage.name] = train_stage(
-                    run, state, os.path.join(workdir, "stages", stage.name), stage)
-        states.append(state)
-        stages.append(done)
-    _, summaries = train_stage_together(runs, states, workdirs, stages_before=stages)
+    with contextlib.ExitStack() as held:
+        for workdir in workdirs:
+            held.enter_context(locked(workdir))
+        states, stages = [], []
+        for run, workdir in zip(runs, workdirs):
+            state, done = run.state, {}
+            for stage in run.stages:
+                if stage.epochs > 0:
+                    if run.config.get("log_epochs", True):
+                        print(f"stage {stage.name}: {stage.description} ({stage.epochs} "
+                              "epochs)")
+                    state, done[stage.name] = train_stage(
+                        run, state, _stage_workdir(workdir, stage), stage,
+                        allow_changes=allow_changes)
+            states.append(state)
+            stages.append(done)
+        _, summaries = train_stage_together(runs, states, workdirs, stages_before=stages,
+                                            allow_changes=allow_changes)
     return summaries
 
 
 def train_stage(run: Run, previous: TrainState, workdir: str,
                 stage: methods.Stage | None = None,
-                stages_before: dict[str, dict[str, Any]] | None = None
-                ) -> tuple[TrainState, dict[str, Any]]:
+                stages_before: dict[str, dict[str, Any]] | None = None,
+                allow_changes: Sequence[str] = ()) -> tuple[TrainState, dict[str, Any]]:
     """Trains one stage in `workdir` from the weights of `previous`, resuming from the
     workdir's latest checkpoint; returns the final state and the summary (which records the
     summaries of `stages_before`)."""
     (state,), (summary,) = train_stage_together([run], [previous], [workdir], stage,
-                                                [stages_before])
+                                                [stages_before], allow_changes)
     return state, summary
 
 
 @dataclasses.dataclass
 class _Progress:
-    """One run's side of a stage: its state and what it writes."""
+    """One run's side of a stage: its state, what it writes, and its best epoch so far."""
 
     run: Run
     workdir: str
@@ -94,13 +124,44 @@ class _Progress:
     writer: MetricWriter
     start_epoch: int
     eval_step: Any
+    selection: str  # the split that ranks epochs: validation when the run has one
+    best_accuracy: float | None
+    # A resumed run's config changes (possibly none), written with its first epoch's metrics.
+    pending_changes: list[Change] | None
     compile_seconds: float = 0.0
 
+    def start_writing(self, epoch: int) -> None:
+        """Before a resumed run's first epoch writes: the run is no longer finished, and
+        trains under its config from `epoch` on."""
+        if self.pending_changes is None:
+            return
+        summary = os.path.join(self.workdir, SUMMARY)
+        if os.path.exists(summary):
+            os.remove(summary)
+        record_changes(self.workdir, self.pending_changes, epoch)
+        write_atomically(os.path.join(self.workdir, CONFIG),
+                         self.run.config.to_json_best_effort(indent=2))
+        self.pending_changes = None
 
-def _open(run: Run, previous: TrainState, workdir: str,
-          stage: methods.Stage | None) -> _Progress:
-    """The stage's state from `previous`, or from the workdir's latest checkpoint."""
+
+def _best_so_far(workdir: str, up_to: int, selection: str) -> tuple[int | None, float | None]:
+    """The epoch (<= up_to) with the highest selection accuracy in the run's metrics (the first
+    of equals, as `summarize` picks), and that accuracy."""
+    path = os.path.join(workdir, MetricWriter.FILENAME)
+    key = f"{selection}_accuracy"
+    best = (None, None)
+    for line in read_metrics(path) if os.path.exists(path) else []:
+        if line["epoch"] <= up_to and key in line and (best[1] is None or line[key] > best[1]):
+            best = (line["epoch"], line[key])
+    return best
+
+
+def _open(run: Run, previous: TrainState, workdir: str, stage: methods.Stage | None,
+          num_epochs: int, allow_changes: Sequence[str]) -> _Progress:
+    """The stage's state from `previous`, or from the workdir's latest checkpoint (the
+    workdir's lock is held)."""
     state = run.start_stage(stage, previous)
+    changes = check_resume(workdir, run.config, allow_changes)
     # Validation passed: from here on the workdir is written.
     os.makedirs(workdir, exist_ok=True)
     checkpoints = Checkpoints(workdir)
@@ -108,28 +169,38 @@ def _open(run: Run, previous: TrainState, workdir: str,
     restored = checkpoints.restore_latest(jax.device_get(state))
     if restored is not None:
         state, start_epoch = restored
-    write_atomically(os.path.join(workdir, "config.json"),
-                     run.config.to_json_best_effort(indent=2))
+    pending = None
+    if restored is None:  # a fresh start (a kill before the first save left nothing to keep)
+        write_atomically(os.path.join(workdir, CONFIG), run.config.to_json_best_effort(indent=2))
+    elif start_epoch < num_epochs:  # recorded when the first epoch under it ends (_end_epoch)
+        pending = changes
     writer = MetricWriter(workdir, resume_epoch=start_epoch)
+    selection = "validation" if run.dataset.validation is not None else "test"
+    best_epoch, best_accuracy = _best_so_far(workdir, start_epoch, selection)
+    checkpoints.reconcile_best(best_epoch, best_accuracy, start_epoch,
+                               {"params": state.params["student"],
+                                "batch_stats": state.batch_stats})
     return _Progress(run, workdir, run.place(state), checkpoints, writer, start_epoch,
-                     make_eval_step(run.student, run.mesh, run.config))
+                     make_eval_step(run.student, run.mesh, run.config), selection,
+                     best_accuracy, pending)
 
 
 def train_stage_together(runs: Sequence[Run], previous: Sequence[TrainState],
                          workdirs: Sequence[str], stage: methods.Stage | None = None,
-                         stages_before: Sequence[dict[str, Any] | None] | None = None
+                         stages_before: Sequence[dict[str, Any] | None] | None = None,
+                         allow_changes: Sequence[str] = ()
                          ) -> tuple[list[TrainState], list[dict[str, Any]]]:
     """`train_stage` of several runs in one shared step. A run whose workdir resumes from an
     earlier epoch than another's first trains alone up to it."""
+    num_epochs = {(r.config.num_epochs if stage is None else stage.epochs) for r in runs}
+    if len(num_epochs) > 1:
+        raise ValueError(f"Runs that share a step must train as many epochs; got "
+                         f"{sorted(num_epochs)}.")
+    (num_epochs,) = num_epochs
     progress = []
     try:
         for run, state, workdir in zip(runs, previous, workdirs, strict=True):
-            progress.append(_open(run, state, workdir, stage))
-        num_epochs = {(r.config.num_epochs if stage is None else stage.epochs) for r in runs}
-        if len(num_epochs) > 1:
-            raise ValueError(f"Runs that share a step must train as many epochs; got "
-                             f"{sorted(num_epochs)}.")
-        (num_epochs,) = num_epochs
+            progress.append(_open(run, state, workdir, stage, num_epochs, allow_changes))
         together_from = max(p.start_epoch for p in progress)
         for p in progress:
             if p.start_epoch < together_from:
@@ -142,15 +213,19 @@ def train_stage_together(runs: Sequence[Run], previous: Sequence[TrainState],
 
     summaries = []
     for p, before in zip(progress, stages_before or [None] * len(progress)):
-        selection = "validation" if p.run.dataset.validation is not None else "test"
-        summary = summarize(p.workdir, selection)
+        summary = summarize(p.workdir, p.selection)
+        best = summary[f"best_{p.selection}_epoch"]
+        if p.checkpoints.best_epoch() != best:  # the invariant Checkpoints.save keeps
+            raise RuntimeError(f"{p.workdir}: best/ holds epoch {p.checkpoints.best_epoch()}, "
+                               f"the metrics name epoch {best}.")
         num_params = sum(x.size for x in jax.tree.leaves(p.state.params["student"]))
-        summary.update(compile_seconds=p.compile_seconds, student_parameters=int(num_params))
+        summary.update(compile_seconds=p.compile_seconds, student_parameters=int(num_params),
+                       best_checkpoint=f"best/{best}")
         if len(progress) > 1:
             summary["trained_together_with"] = [q.workdir for q in progress if q is not p]
         if before:
             summary["stages"] = before
-        write_atomically(os.path.join(p.workdir, "summary.json"), json.dumps(summary, indent=2))
+        write_atomically(os.path.join(p.workdir, SUMMARY), json.dumps(summary, indent=2))
         summaries.append(summary)
     return [p.state for p in progress], summaries
 
@@ -225,12 +300,16 @@ def _end_epoch(p: _Progress, epoch: int, num_epochs: int, totals: dict[str, floa
                 for k, v in evaluate(p.eval_step, variables, split, eval_batch,
                                      sharding).items():
                     record[f"{split_name}_{k}"] = v
+    p.start_writing(epoch)
     p.writer.write(epoch, record)
-    selection = "validation" if dataset.validation is not None else "test"
-    # A save needs the accuracy that ranks the best checkpoint: only evaluated epochs.
-    if evaluated and (epoch % config.checkpoint_every_epochs == 0 or epoch == num_epochs):
-        p.checkpoints.save(epoch, p.state, variables,
-                           {"accuracy": record[f"{selection}_accuracy"]})
+    # The best epoch is saved when it is evaluated, whatever the checkpoint interval, with a
+    # checkpoint of its train state, so that a resume always reaches it (Checkpoints.save).
+    accuracy = record.get(f"{p.selection}_accuracy")
+    new_best = accuracy is not None and (p.best_accuracy is None or accuracy > p.best_accuracy)
+    if new_best:
+        p.best_accuracy = accuracy
+    if new_best or epoch % config.checkpoint_every_epochs == 0 or epoch == num_epochs:
+        p.checkpoints.save(epoch, p.state, variables if new_best else None, accuracy)
     if config.get("log_epochs", True):
         test = f"  test_acc {record['test_accuracy']:.4f}" if evaluated else ""
         print(f"epoch {epoch:4d}  loss {record['loss']:.4f}  train_acc "
