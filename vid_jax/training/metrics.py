@@ -9,7 +9,12 @@ from vid_jax.metric_writer import MetricWriter, read_metrics
 
 
 class TrainingDiverged(FloatingPointError):
-    """An epoch's summed losses are not finite."""
+    """An epoch's summed losses are not finite; `workdir` is the run's (a search over weights
+    records the run as diverged and goes on with the others)."""
+
+    def __init__(self, message: str, workdir: str | None = None) -> None:
+        super().__init__(message)
+        self.workdir = workdir
 
 
 def check_finite(totals: dict[str, float], epoch: int, workdir: str) -> None:
@@ -22,7 +27,7 @@ def check_finite(totals: dict[str, float], epoch: int, workdir: str) -> None:
         f"training diverged in epoch {epoch}: the losses summed over its steps are {shown}. "
         f"{workdir} keeps the metrics and checkpoints of the epochs before it. Lower "
         "config.optimizer.learning_rate or the weight of the term that blew up "
-        "(config.distill.<term>.weight) and train in a new workdir.")
+        "(config.distill.<term>.weight) and train in a new workdir.", workdir)
 
 
 class MetricSums:
@@ -59,7 +64,12 @@ class MetricSums:
 
 def summarize(workdir: str, selection: str = "test") -> dict[str, Any]:
     """Final and best accuracies, and each distillation term's loss at the first step (before
-    any update), in the first epoch and in the last epoch, from a run's metrics.jsonl."""
+    any update), in the first epoch and in the last epoch, from a run's metrics.jsonl.
+
+    `best_test_accuracy` is the highest test accuracy over the evaluated epochs: picked on the
+    test set, so a bound, not a result. A run with a validation split also gets its last and
+    best validation accuracy (what a search over hyper-parameters ranks runs by) and the test
+    accuracy of the epoch the validation set picks."""
     lines = read_metrics(os.path.join(workdir, MetricWriter.FILENAME))
     last = lines[-1]
     evaluated = [line for line in lines if f"{selection}_accuracy" in line]
@@ -68,8 +78,13 @@ def summarize(workdir: str, selection: str = "test") -> dict[str, Any]:
     term_losses = {k[:-len("_loss")]: {"first_step": lines[0].get(f"{k}_at_start"),
                                        "first_epoch": lines[0][k], "last_epoch": last[k]}
                    for k in last if k.endswith("_loss") and k not in not_terms}
-    return {"epochs": last["epoch"], "final_test_accuracy": last["test_accuracy"],
-            "best_test_accuracy": max(line["test_accuracy"] for line in evaluated),
-            f"best_{selection}_epoch": best["epoch"],
-            "test_accuracy_at_best_selection": best["test_accuracy"],
-            "selected_by": selection, "term_losses": term_losses}
+    summary = {"epochs": last["epoch"], "final_test_accuracy": last["test_accuracy"],
+               "best_test_accuracy": max(line["test_accuracy"] for line in evaluated),
+               f"best_{selection}_epoch": best["epoch"],
+               "test_accuracy_at_best_selection": best["test_accuracy"],
+               "selected_by": selection, "term_losses": term_losses}
+    if "validation_accuracy" in last:
+        summary["final_validation_accuracy"] = last["validation_accuracy"]
+        summary["best_validation_accuracy"] = max(
+            line["validation_accuracy"] for line in lines if "validation_accuracy" in line)
+    return summary
