@@ -9,9 +9,10 @@ from typing import Any
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from vid_jax import search
 from vid_jax.config_base import cifar10_recipe, cifar100_recipe
 from vid_jax.models import WRN_GROUPS
-from vid_jax.runner import grid_config, row_terms
+from vid_jax.runner import epochs_per_cell, grid_config, row_terms, search_space
 
 # Data this project has offline, relative to the project root.
 CIFAR10_JPEG = "../shared/data/cifar10-jpeg"  # image folder: {train,test}/<class>/*.jpg
@@ -23,6 +24,14 @@ CIFAR10_TEACHER_WORKDIR = "teachers/cifar10_wrn40_2"  # committed (teachers/READ
 CIFAR10_TEACHER_HINT = (
     "It is a committed artifact (teachers/README.md); to train it again: python launch.py "
     "--config=configs/cifar10_wrn40_2.py:cpu --workdir=teachers/cifar10_wrn40_2.")
+# On CIFAR-10's original pixels, its checkpoint chosen on a validation split (2% of every
+# class), so that the protocol's grid chooses nothing on the test set (teachers/README.md).
+CIFAR10_LOSSLESS_TEACHER_WORKDIR = "teachers/cifar10_wrn40_2_lossless"
+CIFAR10_LOSSLESS_TEACHER_HINT = (
+    "It is trained by: python launch.py --config=configs/cifar10_wrn40_2.py:lossless "
+    "--workdir=workdirs/cifar10_wrn40_2_lossless (40 epochs, resumable; teachers/README.md), "
+    "then committed to teachers/cifar10_wrn40_2_lossless; until then point "
+    "--config.teacher.workdir at its workdir.")
 CIFAR100_TEACHER_WORKDIR = "workdirs/cifar100_wrn40_2"
 CIFAR100_TEACHER_HINT = ("Train it: python launch.py --config=configs/cifar100_wrn40_2.py "
                          "--workdir=workdirs/cifar100_wrn40_2.")
@@ -31,6 +40,8 @@ CIFAR100_TEACHER_HINT = ("Train it: python launch.py --config=configs/cifar100_w
 # CE), FitNet's hint on the middle group, AT's beta = 1000 of its authors' code, NST's weight
 # 50/2 of its authors' code on the three group ends, VID-I on the three group ends; VID-LP (for
 # a student without maps, the MLP) predicts the teacher's logits from the penultimate layer.
+# The authors' own recipe (amzn/xfer, var_info_distil; ../shared/paper/README.md): KD with
+# T = 2 beside 0.1 * VID-I with their linear mean network and their variance.
 TERMS = {
     "kd": dict(weight=1.0, temperature=4.0),
     "fitnet": dict(weight=1.0, layers=WRN_GROUPS[1:2]),
@@ -38,26 +49,74 @@ TERMS = {
     "nst": dict(weight=25.0, layers=WRN_GROUPS),
     "vid_i": dict(weight=1.0, layers=WRN_GROUPS),
     "vid_lp": dict(weight=1.0),
+    "kd_authors": dict(method="kd", weight=1.0, temperature=2.0),
+    "vid_i_authors": dict(method="vid_i", weight=0.1, layers=WRN_GROUPS,
+                          mean_network="authors", variance="authors"),
 }
-# A row of a table is its terms joined by "+"; "student" has none (the student alone).
+# A row of a table is its terms joined by "+"; "student" has none (the student alone). A row
+# named otherwise lists its terms here.
 TABLE1_ROWS = ("student", "kd", "fitnet", "at", "nst", "vid_i", "kd+at", "kd+vid_i")
+NAMED_ROWS = {"authors": ("kd_authors", "vid_i_authors")}
+AUTHORS_ROW = "authors"
 MLP_ROWS = ("student", "kd", "vid_lp", "kd+vid_lp")
 
-# Numbers transcribed from the paper: table -> row -> column -> test accuracy (%). A cell
-# without one shows "-" in a results table rather than a number from memory.
-PAPER = {
-    # Table 1a, the M=100 column, as quoted in vid-jax issue 4.
-    "cifar10_table1": {"student": {"M=100": 58.84}, "kd": {"M=100": 64.24},
-                       "fitnet": {"M=100": 68.90}, "at": {"M=100": 73.40},
-                       "nst": {"M=100": 64.53}, "vid_i": {"M=100": 81.59}},
+# The protocol's search spaces (configs/cifar10_table1_protocol.py): every row with a term
+# tries each of its values (a row with two terms, every combination). KD's temperature;
+# each other term's weight over two decades around its default (VID-I: up to 30, the best
+# weight of results/ablations at M = 100; 100 diverged there). The authors' row keeps its
+# recipe.
+SEARCH = {
+    "kd": dict(temperature=(2.0, 4.0, 8.0)),
+    "fitnet": dict(weight=(0.1, 1.0, 10.0)),
+    "at": dict(weight=(100.0, 1000.0, 10000.0)),
+    "nst": dict(weight=(2.5, 25.0, 250.0)),
+    "vid_i": dict(weight=(0.1, 1.0, 10.0, 30.0)),
 }
 
+# Numbers transcribed from the paper (../shared/paper/README.md): table -> row -> column ->
+# test accuracy (%). A cell without one shows "-" in a results table rather than a number
+# from memory.
+_TABLE1A_M = ("M=5000", "M=1000", "M=500", "M=100")
+_TABLE1A = {
+    "student": (90.72, 84.67, 79.63, 58.84), "kd": (91.27, 86.11, 82.23, 64.24),
+    "fitnet": (90.64, 84.78, 80.73, 68.90), "at": (91.60, 87.26, 84.94, 73.40),
+    "nst": (91.16, 86.55, 82.61, 64.53), "vid_i": (91.85, 89.73, 88.09, 81.59),
+    "kd+at": (91.81, 87.34, 85.01, 76.29), "kd+vid_i": (91.70, 88.59, 86.53, 78.48),
+}
+# Table 1b as the paper's workshop version reports it (VID-I called "MI" there); the CVPR
+# paper's own Table 1b is not in our sources.
+_TABLE1B_N = ("N_l=1000", "N_l=500", "N_l=100")
+_TABLE1B = {
+    "kd": (91.33, 91.30, 91.29), "fitnet": (85.25, 82.03, 76.85), "at": (89.30, 88.72, 86.34),
+    "vid_i": (90.33, 90.23, 89.03), "kd+at": (91.56, 91.81, 91.34),
+    "kd+vid_i": (91.57, 91.44, 91.34),
+}
+_TABLE2_STUDENTS = ("WRN-40-2", "WRN-16-2", "WRN-40-1", "WRN-16-1")
+_TABLE2 = {
+    "student": (74.34, 70.42, 68.79, 65.46), "kd": (75.80, 72.87, 70.99, 66.03),
+    "fitnet": (74.29, 70.89, 68.66, 65.38), "at": (74.76, 71.06, 69.85, 65.31),
+    "nst": (74.81, 71.19, 68.00, 64.95), "vid_i": (75.25, 73.31, 71.51, 66.32),
+    "kd+vid_i": (76.11, 73.69, 72.16, 67.19), "kd+at": (75.86, 73.13, 71.40, 67.07),
+}
+PAPER = {
+    name: {row: dict(zip(columns, values, strict=True)) for row, values in table.items()}
+    for name, columns, table in (("cifar10_table1", _TABLE1A_M, _TABLE1A),
+                                 ("cifar10_table1b", _TABLE1B_N, _TABLE1B),
+                                 ("cifar100_table2", _TABLE2_STUDENTS, _TABLE2))}
+# The paper's teachers (WRN-40-2), test accuracy (%).
+PAPER_TEACHER = {"cifar10": 94.26, "cifar100": 74.16}
 
-def distill(row: str, known=TABLE1_ROWS) -> dict[str, dict]:
+
+def terms_of(row: str) -> tuple[str, ...]:
+    """A row's terms: NAMED_ROWS's, else its name split on "+"."""
+    return tuple(NAMED_ROWS.get(row, row_terms(row)))
+
+
+def distill(row: str, known=TABLE1_ROWS + (AUTHORS_ROW,)) -> dict[str, dict]:
     """The config.distill entries of a row of the paper's tables."""
     if row not in known:
         raise ValueError(f"Unknown row {row!r}; choose one of {', '.join(known)}.")
-    return {term: dict(TERMS[term]) for term in row_terms(row)}
+    return {term: dict(TERMS[term]) for term in terms_of(row)}
 
 
 def teacher(workdir: str) -> ml_collections.ConfigDict:
@@ -87,7 +146,7 @@ def cifar100_student(depth: int, width: int) -> ml_collections.ConfigDict:
 
 
 def with_row(config: ml_collections.ConfigDict, row: str, teacher_workdir: str,
-             known=TABLE1_ROWS) -> ml_collections.ConfigDict:
+             known=TABLE1_ROWS + (AUTHORS_ROW,)) -> ml_collections.ConfigDict:
     """`config` with the row's terms, and the teacher where the row has any."""
     entries = distill(row, known)
     if entries:
@@ -101,17 +160,28 @@ def with_row(config: ml_collections.ConfigDict, row: str, teacher_workdir: str,
 # The paper's grids (configs/cifar10_table1.py, ...): scales and the shared parts.
 
 SCALES = ("small", "full")
-# Small scale: every cell trains about this many images (cosine schedule), which a 2-core CPU
-# trains in minutes for a WRN-16-1 student; full scale is the recipe of the cell's config.
+# Small scale: every cell trains about SMALL_SCALE_IMAGES images (cosine schedule), and every
+# training image at least SMALL_SCALE_MIN_EPOCHS times, so a column of many images is not one
+# epoch: round(61,440 / n) epochs for n images up to 6,144, 10 above (M = 1000 and 5000,
+# Table 1b's 50,000). Full scale is the recipe of the cell's config.
 SMALL_SCALE_IMAGES = 61_440
+SMALL_SCALE_MIN_EPOCHS = 10
+# What this project's 2-core CPU trains: a WRN-16-1 student with VID-I from the WRN-40-2, the
+# teacher's forward included, about 150 images/s alone (the student alone about twice as
+# fast); eight runs in one shared step about 1.85x as fast as one after another
+# (benchmarks/README.md). A column that takes more than CPU_AFFORDABLE_HOURS at that rate is
+# beyond what this CPU can run here.
+CPU_IMAGES_PER_SECOND = 150
+CPU_AFFORDABLE_HOURS = 24
 
 
 def grid(name: str, title: str, cell: ml_collections.ConfigDict, rows: Sequence[str],
-         columns: Mapping[str, Mapping[str, Any]], scale: str,
+         columns: Mapping[str, Mapping[str, Any]], scale: str, paper: str | None = None,
          **fields) -> ml_collections.ConfigDict:
-    """A grid of the paper at a scale: its rows' terms, its transcribed numbers, and the cell
-    base at that scale. small: round(61,440 / the column's training images) epochs, cosine,
-    about 10 evaluations; full: the cell's recipe."""
+    """A grid of the paper at a scale: its rows' terms, its transcribed numbers (of the paper's
+    table `paper`, default `name`), and the cell base at that scale. small: max(10,
+    round(61,440 / the column's training images)) epochs, cosine, about 10 evaluations;
+    full: the cell's recipe."""
     if scale not in SCALES:
         raise ValueError(f"Unknown scale {scale!r}; choose one of {', '.join(SCALES)}.")
     cell.progress_bar = False
@@ -121,17 +191,58 @@ def grid(name: str, title: str, cell: ml_collections.ConfigDict, rows: Sequence[
         cell.num_epochs = placeholder(int)
         cell.eval_every_epochs = placeholder(int)
         cell.checkpoint_every_epochs = placeholder(int)
-    terms = {t: TERMS[t] for t in dict.fromkeys(t for r in rows for t in row_terms(r))}
+    named = {r: NAMED_ROWS[r] for r in rows if r in NAMED_ROWS}
+    terms = {t: TERMS[t] for t in dict.fromkeys(
+        t for r in rows for t in named.get(r, row_terms(r)))}
     return grid_config(name, title, cell, rows, columns, terms=terms, scale=scale,
                        images_per_cell=SMALL_SCALE_IMAGES if scale == "small" else None,
-                       paper=PAPER.get(name), **fields)
+                       min_epochs=SMALL_SCALE_MIN_EPOCHS if scale == "small" else None,
+                       paper=PAPER.get(paper or name), named_rows=named, **fields)
+
+
+def cpu_cost(config: ml_collections.ConfigDict) -> str:
+    """What the grid's default runs cost this project's CPU per column (VID-I's rate, one run
+    at a time; sharing a step is faster), and which columns it cannot afford."""
+    rows = [r for r in config.rows.split(",") if r]
+    seeds = len(config.seeds.split(","))
+    searched = 0.0  # search runs, in final runs' worth of images
+    if config.selection == "validation":
+        candidates = [len(search.candidates(search_space(config, row))) for row in rows]
+        runs = sum(n for n in candidates if n > 1) * len(config.search_seeds.split(","))
+        searched = runs * (1 - config.validation_fraction)
+    parts, beyond = [], []
+    for column in config.table.columns:
+        n = config.table.train_images[column]
+        epochs = (config.cell.num_epochs if config.cell.num_epochs is not None else
+                  epochs_per_cell(config.images_per_cell, n, config.min_epochs))
+        hours = epochs * n / CPU_IMAGES_PER_SECOND / 3600
+        column_hours = hours * (len(rows) * seeds + searched)
+        a_cell = f"{60 * hours:.0f} min" if hours < 1 else f"{hours:.1f} h"
+        parts.append(f"{column} {a_cell} a cell, {column_hours:,.0f} h the column")
+        if column_hours > CPU_AFFORDABLE_HOURS:
+            beyond.append(column)
+    runs = f"{len(rows)} rows x {seeds} seeds" + (
+        f" + {searched / (1 - config.validation_fraction):.0f} search runs a column"
+        if searched else "")
+    return (f"Cost on this project's 2-core CPU at {CPU_IMAGES_PER_SECOND} images/s (a VID-I "
+            f"cell, alone; the default {runs}): " + "; ".join(parts) + ". "
+            + (f"Beyond this CPU (over {CPU_AFFORDABLE_HOURS} h a column): "
+               f"{', '.join(beyond)}." if beyond else "Every column fits in "
+               f"{CPU_AFFORDABLE_HOURS} h."))
 
 
 def table1_grid(name: str, title: str, columns: Mapping[str, Mapping[str, Any]], scale: str,
-                train_images: Mapping[str, int], notes: str) -> ml_collections.ConfigDict:
-    """A grid of Table 1 (1a or 1b): its rows, on Table 1's student and teacher; each seed
-    draws its own subset."""
-    return grid(name, title, table1_student(), TABLE1_ROWS, columns, scale,
-                train_images=train_images, seed_fields=("seed", "data.subset_seed"),
-                teacher=teacher(CIFAR10_TEACHER_WORKDIR), teacher_hint=CIFAR10_TEACHER_HINT,
-                notes=notes)
+                train_images: Mapping[str, int], notes: str,
+                **fields) -> ml_collections.ConfigDict:
+    """A grid of Table 1 (1a or 1b): its rows (the authors' recipe as an optional one), on
+    Table 1's student and teacher; each seed draws its own subset. `fields` replace the
+    defaults (data, teacher, selection...)."""
+    fields = dict(dict(teacher=teacher(CIFAR10_TEACHER_WORKDIR),
+                       teacher_hint=CIFAR10_TEACHER_HINT, optional_rows=(AUTHORS_ROW,)),
+                  **fields)
+    cell = fields.pop("cell", None) or table1_student()
+    config = grid(name, title, cell, TABLE1_ROWS + (AUTHORS_ROW,), columns, scale,
+                  train_images=train_images, seed_fields=("seed", "data.subset_seed"),
+                  **fields)
+    config.notes = " ".join(filter(None, (notes, cpu_cost(config))))
+    return config
