@@ -39,7 +39,7 @@ def _candidates_of(path: str, values: Any) -> tuple[Any, ...]:
                          f"values, e.g. --config.search.{path}='(1.0, 10.0)'.")
     if not values:
         raise ValueError(f"--config.search.{path} is empty: give at least one candidate "
-                         "value, or remove the field to keep the row's own value.")
+                         "value (one value trains that value without a search).")
     return tuple(values)
 
 
