@@ -275,7 +275,7 @@ def test_load_dataset_dispatches_and_applies_subsets(tmp_path):
     folder = data.load_dataset({"source": "image_folder", "path": str(tmp_path)})
     assert folder.class_names == ("a", "b") and len(folder.train) == 6
 
-    assert set(data.SOURCES) == {"tfds", "image_folder", "arrays", "digits"}
+    assert set(data.SOURCES) == {"tfds", "image_folder", "image_list", "arrays", "digits"}
 
 
 def test_load_arrays(tmp_path):

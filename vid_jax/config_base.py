@@ -2,6 +2,8 @@
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from vid_jax.pretrained import IMAGENET_CROP, IMAGENET_MEAN, IMAGENET_RESIZE, IMAGENET_STD
+
 
 def base_config() -> ml_collections.ConfigDict:
     # Fields that default to None are typed placeholders, so `--config.a.b=v` can set them.
@@ -13,11 +15,18 @@ def base_config() -> ml_collections.ConfigDict:
         name="cifar10",                     # tfds name
         data_dir=placeholder(str),          # tfds data_dir
         download=True,                      # tfds may download when it has network
-        path=placeholder(str),              # image_folder root (path/{train,test}/<class>/*.jpg)
-                                            # or arrays .npz (x_train, y_train, x_test, y_test)
-        image_size=placeholder(int),        # image_folder resize; None keeps the files' size
-        train_split="train",
+        path=placeholder(str),              # image_folder root (path/{train,test}/<class>/*.jpg),
+                                            # arrays .npz (x_train, y_train, x_test, y_test)
+                                            # or image_list root (the lists' paths under it)
+        image_size=placeholder(int),        # stored size on load; None keeps the images' size
+        resize="stretch",                   # stretch: to image_size x image_size; shorter_side:
+                                            # shorter side to image_size, centre crop a square
+        train_split="train",                # tfds / image_folder split
         test_split="test",
+        train_list=placeholder(str),        # image_list: files listing <class>/<image> paths
+        test_list=placeholder(str),         # (MIT-67's TrainImages.txt, TestImages.txt)
+        classes=placeholder(tuple),         # a class selection (names or labels), relabelled
+                                            # 0..k-1 in this order; None = all classes
         test_fraction=0.3,                  # digits only: its held-out share
         images_per_class=placeholder(int),  # M of Table 1a; None = all
         labels_per_class=placeholder(int),  # N_l of Table 1b; None = all labelled
@@ -26,11 +35,24 @@ def base_config() -> ml_collections.ConfigDict:
         mean=placeholder(tuple),            # None: computed from the training images
         std=placeholder(tuple),
     ))
-    config.augment = ml_collections.ConfigDict(dict(crop_padding=4, flip=True))
+    config.augment = ml_collections.ConfigDict(dict(
+        crop_padding=4, flip=True,
+        crop_size=placeholder(int),         # the network's input: random crops of the stored
+                                            # images in training, the centre crop at test;
+                                            # None = the stored size (padded crops)
+        random_resized_scale=placeholder(tuple),  # e.g. (0.08, 1.0): Inception-style crops
+    ))
 
     config.model = ml_collections.ConfigDict(dict(name="wrn", depth=16, width=1))
-    # A distillation run sets teacher.model and teacher.workdir (the teacher's own run).
-    config.teacher = ml_collections.ConfigDict(dict(model=None, workdir=placeholder(str)))
+    # A distillation run sets teacher.model and teacher.workdir (the teacher's own run) or
+    # teacher.weights (torchvision / timm weights, vid_jax.pretrained). The teacher's task and
+    # input are its own where set: its classes, its input size (the student's crops resized)
+    # and its normalisation; None: the student's.
+    config.teacher = teacher_config()
+    # A student that starts from a checkpoint (the paper's "Fine-tuning" row): a run's workdir
+    # or a weights file; load_classifier=False keeps its freshly initialised classifier.
+    config.init_from = ml_collections.ConfigDict(dict(
+        workdir=placeholder(str), weights=placeholder(str), load_classifier=True))
     # Terms of the distillation loss: name -> {weight, method (default: name), **arguments}.
     config.distill = ml_collections.ConfigDict()
     config.task_loss_weight = 1.0
@@ -49,6 +71,30 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval_every_epochs = 1  # the last epoch is always evaluated
     config.progress_bar = True
     config.log_epochs = True
+    return config
+
+
+def teacher_config(model: dict | None = None, workdir: str | None = None,
+                   **fields) -> ml_collections.ConfigDict:
+    """config.teacher: its model, where its variables come from, its task and input."""
+    teacher = ml_collections.ConfigDict(dict(
+        model=model, workdir=placeholder(str), weights=placeholder(str),
+        num_classes=placeholder(int), image_size=placeholder(int), mean=placeholder(tuple),
+        std=placeholder(tuple)))
+    teacher.update(workdir=workdir, **fields)
+    return teacher
+
+
+def imagenet_input(config: ml_collections.ConfigDict, stored: int = IMAGENET_RESIZE,
+                   crop: int = IMAGENET_CROP,
+                   scale: tuple[float, float] | None = (0.08, 1.0)) -> ml_collections.ConfigDict:
+    """ImageNet's preprocessing, the one published ImageNet weights expect: images stored with
+    their shorter side at `stored` (centre square), Inception-style crops of `scale` of the
+    area resized to `crop` (None: random `crop` x `crop` crops) and flips in training, the
+    centre `crop` at test, ImageNet's channel mean and std."""
+    config.data.update(image_size=stored, resize="shorter_side", mean=IMAGENET_MEAN,
+                       std=IMAGENET_STD)
+    config.augment.update(crop_padding=0, flip=True, crop_size=crop, random_resized_scale=scale)
     return config
 
 

@@ -235,69 +235,76 @@ def _excluded(path: Path_, exclude: Iterable[str]) -> bool:
     return len(path) > 1 and path[1] in set(exclude)
 
 
-def check_fit(variables: Mapping[str, Any], template: Mapping[str, Any], what: str,
-              hint: str = "", exclude: Iterable[str] = ()) -> None:
+def _misfit(source: str, target: str, detail: str, hint: str = "") -> ValueError:
+    return ValueError(f"{source} does not fit {target}: {detail}." + (f" {hint}" if hint else ""))
+
+
+def check_fit(variables: Mapping[str, Any], template: Mapping[str, Any],
+              source: str = "The variables", target: str = "the model", hint: str = "",
+              exclude: Iterable[str] = ()) -> None:
     """A ValueError naming the first variable of `template` (in the model's order) that
     `variables` lacks or holds with another shape, or the first one it has and the model
     lacks; top-level modules in `exclude` are not compared."""
     got = {p: tuple(np.shape(v)) for p, v in _flat(variables).items()
            if not _excluded(p, exclude)}
     want = {p: tuple(v.shape) for p, v in _flat(template).items() if not _excluded(p, exclude)}
-    hint = f" {hint}" if hint else ""
     for path, shape in want.items():
         if path not in got:
-            raise ValueError(f"{what} has no {_name(path)} (shape {shape} in the model).{hint}")
+            raise _misfit(source, target, f"it has no {_name(path)} (shape {shape} in the "
+                          "model)", hint)
         if got[path] != shape:
-            raise ValueError(f"{what} does not fit the model: {_name(path)} has shape "
-                             f"{got[path]} there and {shape} in the model.{hint}")
+            raise _misfit(source, target, f"{_name(path)} has shape {got[path]} there and "
+                          f"{shape} in the model", hint)
     extra = [p for p in got if p not in want]
     if extra:
-        raise ValueError(f"{what} has {_name(extra[0])} (shape {got[extra[0]]}), which the "
-                         f"model lacks ({len(extra)} such variables).{hint}")
+        raise _misfit(source, target, f"it has {_name(extra[0])} (shape {got[extra[0]]}), "
+                      f"which the model lacks ({len(extra)} such variables)", hint)
 
 
 def from_torch(state_dict: Mapping[str, np.ndarray], model: nn.Module,
                input_shape: Iterable[int], exclude: Iterable[str] = (),
-               what: str = "The state dict") -> dict[str, Any]:
+               source: str = "The state dict", target: str = "the model",
+               hint: str = "") -> dict[str, Any]:
     """`model`'s {params, batch_stats} (numpy, float32) from a state dict in torchvision's
     names, checked: every variable present with its shape, every tensor used (but BN's
     num_batches_tracked). Top-level modules in `exclude` (the classifier, say) are left out of
     the result, and their tensors (all of the torch classifier's, if it is the model's
-    classifier) go unused."""
+    classifier) go unused. `source` and `target` name the two in errors; `hint` ends them."""
     exclude = tuple(exclude)
     layout = torch_layout(model)
     state_dict = {k: np.asarray(v) for k, v in state_dict.items()}
     converted, used = {}, set()
     for path, shape in _ordered_template(model, input_shape).items():
-        source = layout.sources(path)
+        origin = layout.sources(path)
         if _excluded(path, exclude):
-            used.update(() if source is None else (source.key, *source.also))
+            used.update(() if origin is None else (origin.key, *origin.also))
             continue
-        if source is None:
-            raise ValueError(
-                f"{what}: the model's {_name(path)} has no counterpart in torchvision's "
-                "layout (torchvision's VGG classifier has two hidden layers on 7x7 maps); "
-                "load all but the classifier (config: load_classifier=False).")
-        if source.key not in state_dict:
-            raise ValueError(f"{what} has no {source.key} (the model's {_name(path)}, shape "
-                             f"{tuple(shape.shape)}): is it another architecture?")
-        value = source.convert(state_dict)
+        if origin is None:
+            raise _misfit(source, target, f"the model's {_name(path)} has no counterpart in "
+                          "torchvision's layout (its VGG classifier has two hidden layers on "
+                          "7x7 maps); load all but the classifier (load_classifier=False)")
+        if origin.key not in state_dict:
+            raise _misfit(source, target, f"it has no {origin.key} (the model's "
+                          f"{_name(path)}, shape {tuple(shape.shape)}): is it another "
+                          "architecture?", hint)
+        value = origin.convert(state_dict)
         if value.shape != tuple(shape.shape):
-            torch_shape = tuple(state_dict[source.key].shape)
+            torch_shape = tuple(state_dict[origin.key].shape)
             laid_out = f" ({value.shape} laid out as the model's)" if torch_shape != \
                 value.shape else ""
-            raise ValueError(
-                f"{what} does not fit the model: {source.key} (the model's {_name(path)}) has "
-                f"shape {torch_shape}{laid_out} and the model's has {tuple(shape.shape)}.")
+            raise _misfit(source, target, f"{origin.key} (the model's {_name(path)}) has "
+                          f"shape {torch_shape}{laid_out} and the model's has "
+                          f"{tuple(shape.shape)}", hint)
         converted[path] = value.astype(np.float32)
-        used.update((source.key, *source.also))
+        used.update((origin.key, *origin.also))
     ignored = layout.classifier_prefixes if type(model).CLASSIFIER in exclude else ()
     unused = [k for k in state_dict if k not in used and not k.endswith(layout.unused_suffixes)
               and not k.startswith(ignored)]
     if unused:
-        raise ValueError(f"{what} has {unused[0]} (shape {tuple(state_dict[unused[0]].shape)}), "
-                         f"which the model lacks ({len(unused)} such tensors): is it a deeper "
-                         "or another architecture?")
+        raise _misfit(source, target, f"it has {unused[0]} (shape "
+                      f"{tuple(state_dict[unused[0]].shape)}), which the model lacks "
+                      f"({len(unused)} such tensors): is it a deeper or another architecture?",
+                      hint)
     return _unflat(converted)
 
 
@@ -306,26 +313,25 @@ def from_torch(state_dict: Mapping[str, np.ndarray], model: nn.Module,
 
 def load_variables(model: nn.Module, input_shape: Iterable[int], workdir: str | None = None,
                    weights: str | None = None, exclude: Iterable[str] = (),
-                   what: str = "config.teacher", hint: str = "") -> dict[str, Any]:
+                   field: str = "config.teacher", target: str = "the model",
+                   hint: str = "") -> dict[str, Any]:
     """`model`'s {params, batch_stats} from exactly one of `workdir` (a vid-jax run's best
     epoch) or `weights` (a torchvision / timm state dict file), checked against the model;
-    the top-level modules in `exclude` are left out. `what` names the config entry in errors,
-    `hint` says how to fix a misfit."""
+    the top-level modules in `exclude` are left out. `field` is the config entry that names
+    them, `target` the model in errors; `hint` says how to fix a misfit."""
     if bool(workdir) == bool(weights):
-        raise ValueError(f"{what}: set exactly one of workdir (a vid-jax run) and weights (a "
-                         f"{'/'.join(WEIGHT_SUFFIXES)} file in torchvision's names).")
+        raise ValueError(f"{field}: set exactly one of {field}.workdir (a vid-jax run) and "
+                         f"{field}.weights (a {'/'.join(WEIGHT_SUFFIXES)} file in "
+                         "torchvision's names).")
     exclude = tuple(exclude)
     if weights:
-        try:
-            return from_torch(read_state_dict(weights), model, input_shape, exclude,
-                              what=f"{what}.weights {weights}")
-        except ValueError as misfit:
-            raise ValueError(f"{misfit} {hint}".strip()) from None
+        return from_torch(read_state_dict(weights), model, input_shape, exclude,
+                          f"The weights in {weights}", target, hint)
     from vid_jax.checkpoints import load_variables as load_checkpoint
     loaded = {p: v for p, v in _flat(load_checkpoint(workdir)).items()
               if not _excluded(p, exclude)}
     check_fit(_unflat(loaded), model_template(model, input_shape),
-              f"The checkpoint in {what}.workdir {workdir}", hint, exclude)
+              f"The checkpoint in {workdir}", target, hint, exclude)
     return _unflat(loaded)
 
 

@@ -80,7 +80,9 @@ def grid_config(name: str, title: str, cell: ml_collections.ConfigDict,
                 optional_rows: Sequence[str] = (), selection: str = "none",
                 search_space: Mapping[str, Mapping[str, Any]] | None = None,
                 validation_fraction: float = 0.2, search_seeds: Sequence[int] = (0,),
-                final_data: str = "all") -> ml_collections.ConfigDict:
+                final_data: str = "all",
+                row_changes: Mapping[str, Mapping[str, Any]] | None = None
+                ) -> ml_collections.ConfigDict:
     """A grid: the config a table of the paper is. Its fields, which overrides may change:
 
       rows, columns, seeds  the cells to run: comma-separated names and seeds (default: every
@@ -108,8 +110,9 @@ def grid_config(name: str, title: str, cell: ml_collections.ConfigDict,
       final_data            "all" (the final runs train on all the cell's images) or "split"
       table                 the whole grid in its order: rows, columns, seeds; each row's
                             terms; per column its changes to the cell and its train_images;
-                            seed_fields (set to the cell's seed); paper (row -> column -> the
-                            paper's number)
+                            row_changes (a row's changes to the cell beyond its terms, as the
+                            fine-tuned row's init_from); seed_fields (set to the cell's seed);
+                            paper (row -> column -> the paper's number)
     """
     columns = dict(columns)
     terms_of = {row: tuple((named_rows or {}).get(row, _split_row(row))) for row in rows}
@@ -138,6 +141,7 @@ def grid_config(name: str, title: str, cell: ml_collections.ConfigDict,
     config.table = ml_collections.ConfigDict(dict(
         rows=tuple(rows), columns=tuple(columns), seeds=tuple(seeds), row_terms=terms_of,
         changes={c: dict(changes) for c, changes in columns.items()},
+        row_changes={r: dict(changes) for r, changes in (row_changes or {}).items()},
         train_images=dict(train_images or {}), seed_fields=tuple(seed_fields),
         paper={r: dict(by_column) for r, by_column in (paper or {}).items()}))
     for row in rows:
@@ -210,11 +214,12 @@ def _update(config: ml_collections.ConfigDict, changes: Mapping[str, Any]) -> No
 
 def grid_cell(config: ml_collections.ConfigDict, row: str, column: str,
               seed: int) -> ml_collections.ConfigDict:
-    """The run config of one cell: the cell base, the column's changes, the row's terms (and
-    the teacher where it has any), the seed, and the epochs of the images per cell."""
+    """The run config of one cell: the cell base, the column's and the row's changes, the row's
+    terms (and the teacher where it has any), the seed, and the epochs of the images per cell."""
     cell = copy.deepcopy(config.cell)
     cell.unlock()
     _update(cell, config.table.changes[column])
+    _update(cell, config.table.get("row_changes", {}).get(row, {}))
     if row_terms(row, config):
         cell.teacher = copy.deepcopy(config.teacher)
     for term in row_terms(row, config):

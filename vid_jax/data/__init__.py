@@ -6,6 +6,7 @@ from vid_jax.data.sources import (
     load_dataset,
     load_digits,
     load_image_folder,
+    load_image_list,
     load_tfds,
 )
 from vid_jax.data.subsets import (
@@ -13,11 +14,12 @@ from vid_jax.data.subsets import (
     holdout_split,
     images_per_class,
     labelled_mask,
+    select_classes,
 )
 from vid_jax.data.types import Dataset, DatasetUnavailableError, Split
 
 __all__ = [
     "SOURCES", "Dataset", "DatasetUnavailableError", "Split", "apply_subsets", "holdout_split",
     "images_per_class", "labelled_mask", "load_arrays", "load_dataset", "load_digits",
-    "load_image_folder", "load_tfds",
+    "load_image_folder", "load_image_list", "load_tfds", "select_classes",
 ]

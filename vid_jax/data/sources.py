@@ -1,5 +1,5 @@
-"""Where data sets come from: TFDS, an image folder on disk, a NumPy archive of arrays, or
-scikit-learn's digits.
+"""Where data sets come from: TFDS, an image folder on disk, images listed per split (MIT-67),
+a NumPy archive of arrays, or scikit-learn's digits.
 
 Each loader reads whole splits into memory as NumPy arrays (uint8 NHWC images, int32 labels);
 `load_dataset` picks one from the data config and then applies the configured subsets.
@@ -7,6 +7,7 @@ Each loader reads whole splits into memory as NumPy arrays (uint8 NHWC images, i
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -19,12 +20,35 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from vid_jax.data.subsets import apply_subsets
+from vid_jax.data.subsets import apply_subsets, select_classes
 from vid_jax.data.types import Dataset, DatasetUnavailableError, Split
 
 DataConfig = ml_collections.ConfigDict | Mapping[str, Any]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+# How images of any size become one stored size (`data.resize`): "stretch" resizes to
+# image_size x image_size; "shorter_side" resizes the shorter side to image_size (keeping the
+# aspect ratio) and keeps the centre square, as ImageNet's test transform (resize 256) does
+# before its centre crop. Bilinear, antialiased (Pillow's resize).
+RESIZE_MODES = ("stretch", "shorter_side")
+
+
+def resized(image: Image.Image, image_size: int | None, mode: str = "stretch") -> Image.Image:
+    """`image` at the stored size `image_size` x `image_size` (None: unchanged)."""
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"data.resize={mode!r}: choose one of {', '.join(RESIZE_MODES)}.")
+    if image_size is None:
+        return image
+    if mode == "stretch":
+        return image.resize((image_size, image_size), Image.Resampling.BILINEAR)
+    width, height = image.size
+    ratio = image_size / min(width, height)
+    width, height = max(image_size, round(width * ratio)), max(image_size, round(height * ratio))
+    left, top = (width - image_size) // 2, (height - image_size) // 2
+    return image.resize((width, height), Image.Resampling.BILINEAR).crop(
+        (left, top, left + image_size, top + image_size))
+
 
 # ---------------------------------------------------------------------------------------------
 # TFDS.
@@ -65,15 +89,25 @@ def _unavailable_message(name: str, data_dir: str | None, reason: str) -> str:
         "--config.data.path=DIR.")
 
 
-def _read_tfds_split(ds, name: str, split: str) -> Split:
-    """Reads a supervised tf.data split of (image, label) pairs into one Split."""
+def _read_tfds_split(ds, name: str, split: str, image_size: int | None = None,
+                     resize: str = "stretch") -> Split:
+    """Reads a supervised tf.data split of (image, label) pairs into one Split; images are
+    resized to `image_size` (`resized`), which data sets of varying image sizes (CUB) need."""
     import tensorflow_datasets as tfds
 
+    if image_size is not None:
+        images, labels = [], []
+        for image, label in tfds.as_numpy(ds):
+            pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+            images.append(np.asarray(resized(pil.convert("RGB"), image_size, resize)))
+            labels.append(label)
+        if not images:
+            raise ValueError(f"TFDS data set {name!r} split {split!r} is empty.")
+        return Split.from_arrays(np.stack(images), np.asarray(labels))
     if None in ds.element_spec[0].shape:
         raise ValueError(
             f"TFDS data set {name!r} has images of varying size ({ds.element_spec[0].shape}); "
-            "export it as an image folder and use --config.data.source=image_folder "
-            "with --config.data.image_size.")
+            "set --config.data.image_size to store them at one size (and data.resize).")
     chunks = list(tfds.as_numpy(ds.batch(_TFDS_CHUNK)))
     if not chunks:
         raise ValueError(f"TFDS data set {name!r} split {split!r} is empty.")
@@ -99,8 +133,10 @@ def _without_tfds_probe_warnings():
 
 
 def load_tfds(name: str, data_dir: str | None = None, train_split: str = "train",
-              test_split: str = "test", download: bool = True) -> Dataset:
-    """A TFDS data set, read whole into memory.
+              test_split: str = "test", download: bool = True, image_size: int | None = None,
+              resize: str = "stretch") -> Dataset:
+    """A TFDS data set, read whole into memory, its images resized to `image_size` if set
+    (`resized`; CUB-200-2011 is `caltech_birds2011`, whose images vary in size).
 
     Reads what is prepared in `data_dir` first; downloads only if that fails, `download` is
     set and the network answers. Otherwise raises DatasetUnavailableError.
@@ -134,8 +170,8 @@ def load_tfds(name: str, data_dir: str | None = None, train_split: str = "train"
                          "https://www.tensorflow.org/datasets/catalog.") from unknown
 
     label = info.features["label"]
-    return Dataset(train=_read_tfds_split(train, name, train_split),
-                   test=_read_tfds_split(test, name, test_split),
+    return Dataset(train=_read_tfds_split(train, name, train_split, image_size, resize),
+                   test=_read_tfds_split(test, name, test_split, image_size, resize),
                    num_classes=int(label.num_classes), class_names=tuple(label.names))
 
 
@@ -156,44 +192,50 @@ def _image_files(class_dir: Path) -> list[Path]:
     return files
 
 
-def _decode(path: Path, image_size: int | None) -> np.ndarray:
-    """One image as uint8 RGB [H, W, 3], resized bilinearly to a square if `image_size`."""
-    with Image.open(path) as image:
-        if image.mode != "RGB":  # grayscale, palette, RGBA, CMYK
-            image = image.convert("RGB")
-        if image_size is not None:
-            image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
-        return np.asarray(image)
+def _decode(path: Path, image_size: int | None, resize: str = "stretch") -> np.ndarray:
+    """One image as uint8 RGB [H, W, 3], resized to a square if `image_size` (`resized`)."""
+    try:
+        with Image.open(path) as image:
+            if image.mode != "RGB":  # grayscale, palette, RGBA, CMYK
+                image = image.convert("RGB")
+            return np.asarray(resized(image, image_size, resize))
+    except (OSError, SyntaxError) as error:  # not an image, truncated, corrupt (Pillow)
+        raise ValueError(f"Cannot decode {path}: {error}. Replace or remove the file.") from None
 
 
 def _read_folder_split(split_dir: Path, class_names: tuple[str, ...], image_size: int | None,
-                       num_threads: int) -> Split:
+                       num_threads: int, resize: str = "stretch") -> Split:
     """Decodes every image of one split; labels are positions in `class_names`."""
     files, labels = [], []
     for label, class_name in enumerate(class_names):
         class_files = _image_files(split_dir / class_name)
         files += class_files
         labels += [label] * len(class_files)
+    return _decoded_split(files, labels, image_size, resize, num_threads, str(split_dir))
+
+
+def _decoded_split(files: list[Path], labels: list[int], image_size: int | None, resize: str,
+                   num_threads: int, where: str) -> Split:
     # Pillow releases the GIL while it decodes and resizes, so threads help with large images
     # (CUB, MIT-67); for tiny ones (CIFAR) header parsing in Python dominates.
     with ThreadPoolExecutor(num_threads) as pool:
-        images = list(pool.map(lambda f: _decode(f, image_size), files))
+        images = list(pool.map(lambda f: _decode(f, image_size, resize), files))
     sizes = sorted({image.shape[:2] for image in images})
     if len(sizes) > 1:
         raise ValueError(
-            f"The images in {split_dir} have different sizes (e.g. {sizes[0]} and {sizes[-1]}; "
+            f"The images in {where} have different sizes (e.g. {sizes[0]} and {sizes[-1]}; "
             f"{len(sizes)} sizes in all); set --config.data.image_size to resize them to one.")
     return Split.from_arrays(np.stack(images), np.asarray(labels, np.int32))
 
 
 def load_image_folder(path: str | os.PathLike, train_split: str = "train",
                       test_split: str = "test", image_size: int | None = None,
-                      num_threads: int = 8) -> Dataset:
+                      num_threads: int = 8, resize: str = "stretch") -> Dataset:
     """A data set laid out as `path/<split>/<class>/*.{jpg,jpeg,png}`, read whole.
 
     The classes are the train split's subdirectories in sorted order; the test split must have
     the same ones. Images are decoded as RGB and, if `image_size` is set, resized to
-    `image_size` x `image_size`.
+    `image_size` x `image_size` (`resized`).
     """
     root = Path(path).expanduser()
     if not root.is_dir():
@@ -215,12 +257,68 @@ def load_image_folder(path: str | os.PathLike, train_split: str = "train",
         extra = sorted(set(test_classes) - set(class_names))
         raise ValueError(f"The {test_split!r} split of {root} must have the same classes as "
                          f"{train_split!r}; missing from it: {missing}, only in it: {extra}.")
-    train, test = (_read_folder_split(split_dirs[s], class_names, image_size, num_threads)
-                   for s in (train_split, test_split))
+    train, test = (_read_folder_split(split_dirs[s], class_names, image_size, num_threads,
+                                      resize) for s in (train_split, test_split))
     if train.images.shape[1:] != test.images.shape[1:]:
         raise ValueError(f"Train images are {train.images.shape[1:3]} but test images are "
                          f"{test.images.shape[1:3]}; set --config.data.image_size.")
     return Dataset(train=train, test=test, num_classes=len(class_names), class_names=class_names)
+
+
+# ---------------------------------------------------------------------------------------------
+# Images listed per split: MIT-67 (Images/<class>/<file>.jpg with TrainImages.txt and
+# TestImages.txt, one `<class>/<file>.jpg` per line).
+
+def _read_list(list_file: Path) -> list[str]:
+    if not list_file.is_file():
+        raise DatasetUnavailableError(f"Image list {list_file} does not exist.")
+    entries = [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
+    if not entries:
+        raise ValueError(f"Image list {list_file} lists no images.")
+    bad = [e for e in entries if len(Path(e).parts) < 2]
+    if bad:
+        raise ValueError(f"Image list {list_file}: {bad[0]!r} is not <class>/<image> (the "
+                         "class is the first folder of each listed path).")
+    return entries
+
+
+def load_image_list(path: str | os.PathLike, train_list: str | os.PathLike,
+                    test_list: str | os.PathLike, image_size: int | None = None,
+                    resize: str = "stretch", num_threads: int = 8) -> Dataset:
+    """A data set whose splits are lists of image paths under `path`, each `<class>/<image>`
+    (MIT-67's TrainImages.txt and TestImages.txt under its Images folder), read whole. A
+    relative list file is looked for in `path`, then in its parent. The classes are those of
+    the train list, sorted; the test list may have no other. Images are decoded as RGB and
+    resized to `image_size` if set (`resized`)."""
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise DatasetUnavailableError(f"Image root {root} does not exist (for MIT-67: the "
+                                      "Images folder of indoorCVPR_09.tar).")
+
+    def located(list_file) -> Path:
+        list_file = Path(list_file).expanduser()
+        if list_file.is_absolute():
+            return list_file
+        return next((p for p in (root / list_file, root.parent / list_file) if p.is_file()),
+                    root / list_file)
+
+    train, test = (_read_list(located(f)) for f in (train_list, test_list))
+    class_names = tuple(sorted({Path(e).parts[0] for e in train}))
+    unknown = sorted({Path(e).parts[0] for e in test} - set(class_names))
+    if unknown:
+        raise ValueError(f"{test_list} has classes the train list lacks: {unknown[:5]}.")
+    label = {name: i for i, name in enumerate(class_names)}
+    splits = []
+    for entries in (train, test):
+        missing = [e for e in entries if not (root / e).is_file()]
+        if missing:
+            raise DatasetUnavailableError(f"{len(missing)} listed images are missing under "
+                                          f"{root}, e.g. {missing[0]}.")
+        splits.append(_decoded_split([root / e for e in entries],
+                                     [label[Path(e).parts[0]] for e in entries], image_size,
+                                     resize, num_threads, str(root)))
+    return Dataset(train=splits[0], test=splits[1], num_classes=len(class_names),
+                   class_names=class_names)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,18 +401,41 @@ def _tfds_source(c: DataConfig) -> Dataset:
     return load_tfds(_required(c, "name", "tfds"), data_dir=c.get("data_dir"),
                      train_split=c.get("train_split") or "train",
                      test_split=c.get("test_split") or "test",
-                     download=bool(c.get("download", True)))
+                     download=bool(c.get("download", True)), image_size=c.get("image_size"),
+                     resize=c.get("resize") or "stretch")
 
 
 def _image_folder_source(c: DataConfig) -> Dataset:
     return load_image_folder(_required(c, "path", "image_folder"),
                              train_split=c.get("train_split") or "train",
                              test_split=c.get("test_split") or "test",
-                             image_size=c.get("image_size"))
+                             image_size=c.get("image_size"), resize=c.get("resize") or "stretch")
+
+
+def _image_list_source(c: DataConfig) -> Dataset:
+    return load_image_list(_required(c, "path", "image_list"),
+                           _required(c, "train_list", "image_list"),
+                           _required(c, "test_list", "image_list"),
+                           image_size=c.get("image_size"), resize=c.get("resize") or "stretch")
 
 
 def _arrays_source(c: DataConfig) -> Dataset:
     return load_arrays(_required(c, "path", "arrays"))
+
+
+def resize_images(dataset: Dataset, image_size: int, mode: str = "stretch") -> Dataset:
+    """Every split's images at `image_size` (`resized`): how an archive of arrays is stored at
+    another size (after its subsets are drawn, so that only the images kept are resized)."""
+    def one(split: Split | None) -> Split | None:
+        if split is None or split.images.shape[1:3] == (image_size, image_size):
+            return split
+        grey = split.images.shape[-1] == 1
+        images = np.stack([np.asarray(resized(Image.fromarray(x[..., 0] if grey else x),
+                                              image_size, mode)) for x in split.images])
+        return dataclasses.replace(split, images=images[..., None] if grey else images)
+
+    return dataclasses.replace(dataset, train=one(dataset.train), test=one(dataset.test),
+                               validation=one(dataset.validation))
 
 
 def _digits_source(c: DataConfig) -> Dataset:
@@ -328,14 +449,24 @@ def _digits_source(c: DataConfig) -> Dataset:
 SOURCES: dict[str, Callable[[DataConfig], Dataset]] = {
     "tfds": _tfds_source,
     "image_folder": _image_folder_source,
+    "image_list": _image_list_source,
     "arrays": _arrays_source,
     "digits": _digits_source,
 }
 
 
 def load_dataset(data_config: DataConfig) -> Dataset:
-    """The data set `data_config.source` names, with the config's subsets applied."""
+    """The data set `data_config.source` names, with the config's class selection and subsets
+    applied."""
     source = data_config.get("source") or "tfds"
     if source not in SOURCES:
         raise ValueError(f"Unknown data source {source!r}; known: {', '.join(SOURCES)}.")
-    return apply_subsets(SOURCES[source](data_config), data_config)
+    if (data_config.get("resize") or "stretch") not in RESIZE_MODES:
+        raise ValueError(f"data.resize={data_config.get('resize')!r}: choose one of "
+                         f"{', '.join(RESIZE_MODES)}.")
+    dataset = select_classes(SOURCES[source](data_config), data_config.get("classes"))
+    dataset = apply_subsets(dataset, data_config)
+    if source == "arrays" and data_config.get("image_size") is not None:
+        dataset = resize_images(dataset, data_config.get("image_size"),
+                                data_config.get("resize") or "stretch")
+    return dataset

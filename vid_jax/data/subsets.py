@@ -1,5 +1,5 @@
 """Seeded per-class subsets of a training set: M images per class (Table 1a), N_l labelled
-images per class (Table 1b) and a per-class validation hold-out.
+images per class (Table 1b) and a per-class validation hold-out; and a selection of classes.
 
 Each function draws one seeded permutation per class that does not depend on how many images
 it then takes, so for one seed a smaller subset is always inside a larger one.
@@ -7,7 +7,7 @@ it then takes, so for one seed a smaller subset is always inside a larger one.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_collections
@@ -76,6 +76,44 @@ def holdout_split(labels: np.ndarray, fraction: float,
     empty = np.zeros(0, np.int64)
     return (np.sort(np.concatenate(train)) if train else empty,
             np.sort(np.concatenate(validation)) if validation else empty)
+
+
+def select_classes(dataset: Dataset, classes: Sequence[str | int] | None) -> Dataset:
+    """The data set restricted to `classes` (names, or labels 0..num_classes-1), relabelled
+    0..k-1 in the order given, in both splits (None: unchanged). How one data set gives two
+    tasks: a teacher's classes and a student's other classes (CIFAR-10's first five and last
+    five)."""
+    if classes is None:
+        return dataset
+    if isinstance(classes, (str, int)):
+        classes = (classes,)
+    names = list(dataset.class_names)
+    labels = []
+    for c in classes:
+        if isinstance(c, str) and c in names:
+            labels.append(names.index(c))
+        elif isinstance(c, (int, np.integer)) and not isinstance(c, bool) and \
+                0 <= c < dataset.num_classes:
+            labels.append(int(c))
+        else:
+            known = ", ".join(names) if names else f"labels 0..{dataset.num_classes - 1}"
+            raise ValueError(f"data.classes: {c!r} is not a class of the data set ({known}).")
+    if not labels or len(set(labels)) != len(labels):
+        raise ValueError(f"data.classes={tuple(classes)!r}: give each class once, at least one.")
+    new_label = np.full(dataset.num_classes, -1, np.int32)
+    new_label[labels] = np.arange(len(labels), dtype=np.int32)
+
+    def keep(split):
+        if split is None:
+            return None
+        chosen = np.flatnonzero(new_label[split.labels] >= 0)
+        taken = split.take(chosen)
+        return dataclasses.replace(taken, labels=new_label[taken.labels])
+
+    return dataclasses.replace(
+        dataset, train=keep(dataset.train), test=keep(dataset.test),
+        validation=keep(dataset.validation), num_classes=len(labels),
+        class_names=tuple(names[i] for i in labels) if names else ())
 
 
 def apply_subsets(dataset: Dataset,

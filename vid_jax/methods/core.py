@@ -51,6 +51,11 @@ class KD(nn.Module):
     teacher_layer_names = ("logits",)
 
     def __call__(self, student: Features, teacher: Features, ctx: Context) -> jax.Array:
+        classes = student["logits"].shape[-1], teacher["logits"].shape[-1]
+        if classes[0] != classes[1]:
+            raise ValueError(f"kd compares the logits of one task, but the student has "
+                             f"{classes[0]} classes and the teacher {classes[1]}; from a "
+                             "teacher of another task, distill with lwf or vid_lp.")
         return losses.kd_loss(student["logits"], teacher["logits"], self.temperature)
 
 

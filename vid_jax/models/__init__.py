@@ -38,11 +38,19 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 
 
 def build_model(model_config: Mapping[str, Any], num_classes: int, **overrides: Any) -> nn.Module:
-    """Builds `model_config.name` with the config's other fields as constructor arguments."""
+    """Builds `model_config.name` with the config's other fields as constructor arguments.
+
+    The classes are a task's, not the architecture's: `num_classes` (a student's come from its
+    data, a teacher's from `config.teacher.num_classes`), never a field of the model config."""
     kwargs = dict(model_config)
     name = kwargs.pop("name")
     if name not in MODELS:
         raise ValueError(f"Unknown model {name!r}; known models: {', '.join(sorted(MODELS))}.")
+    if "num_classes" in kwargs:
+        raise ValueError(
+            f"The model config {dict(model_config)} sets num_classes; a model's classes are its "
+            f"task's: set config.teacher.num_classes for a teacher (a student's come from its "
+            "data), or pass them as build_model's num_classes.")
     return MODELS[name](num_classes=num_classes, **kwargs, **overrides)
 
 

@@ -21,8 +21,7 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from vid_jax import data, methods
-from vid_jax.checkpoints import load_variables
+from vid_jax import augment, data, methods, pretrained
 from vid_jax.models import build_model, sown_layers
 from vid_jax.training.mesh import AXIS, check_batch, make_mesh
 from vid_jax.training.optimizer import HeadRule, make_optimizer
@@ -39,24 +38,49 @@ def _abstract_layers(model, variables, image_shape) -> dict[str, jax.ShapeDtypeS
     return sown_layers(sown["intermediates"])
 
 
+def teacher_task(teacher_config, num_classes: int,
+                 image_shape: Sequence[int]) -> tuple[int, tuple[int, ...]]:
+    """The teacher's classes and input shape: its own (`config.teacher.num_classes`,
+    `image_size`) where set, else the student's task's `num_classes` and `image_shape`."""
+    size = teacher_config.get("image_size")
+    return (teacher_config.get("num_classes") or num_classes,
+            tuple(image_shape) if size is None else (size, size, image_shape[-1]))
+
+
 def load_teacher(teacher_config, num_classes: int, image_shape):
-    """The frozen teacher: its model and variables, checked against the config's model."""
-    if not teacher_config.get("workdir"):
+    """The frozen teacher: its model and variables, from its own run (`workdir`) or a weights
+    file in torchvision's names (`weights`), checked against the config's model. Its classes
+    and input are `teacher_task`'s."""
+    if not (teacher_config.get("workdir") or teacher_config.get("weights")):
         raise ValueError("config.teacher.model is set but config.teacher.workdir is not: set it "
-                         "to the workdir of the teacher's own run.")
-    model = build_model(teacher_config.model, num_classes)
-    variables = load_variables(teacher_config.workdir)
-    expected = jax.eval_shape(
-        lambda: model.init(jax.random.key(0), jnp.zeros((1, *image_shape)), train=False))
-    expected = {k: expected[k] for k in ("params", "batch_stats") if k in expected}
-    got = jax.tree.map(lambda a: tuple(np.shape(a)), variables)
-    want = jax.tree.map(lambda a: tuple(a.shape), expected)
-    if got != want:
-        raise ValueError(
-            f"The checkpoint in {teacher_config.workdir} does not fit config.teacher.model "
-            f"({dict(teacher_config.model)}, {num_classes} classes): its variables have other "
-            "names or shapes. Set config.teacher.model to the model that run trained.")
+                         "to the workdir of the teacher's own run (or config.teacher.weights "
+                         "to a weights file).")
+    classes, shape = teacher_task(teacher_config, num_classes, image_shape)
+    model = build_model(teacher_config.model, classes)
+    variables = pretrained.load_variables(
+        model, shape, teacher_config.get("workdir"), teacher_config.get("weights"),
+        field="config.teacher",
+        target=f"config.teacher.model ({dict(teacher_config.model)}, {classes} classes)",
+        hint="Set config.teacher.model (and config.teacher.num_classes) to the model that "
+             "made them.")
     return model, jax.tree.map(jnp.asarray, variables)
+
+
+def init_student(init_from, student: nn.Module, variables: dict[str, Any],
+                 image_shape: Sequence[int]) -> dict[str, Any]:
+    """The student's initial variables: `variables` (its initialisation), overwritten by the
+    checkpoint or weights `config.init_from` names, all of them or (load_classifier=False)
+    all but the classifier, which keeps its initialisation (the paper's "Fine-tuning")."""
+    if not init_from or not (init_from.get("workdir") or init_from.get("weights")):
+        return variables
+    keep_classifier = init_from.get("load_classifier", True)
+    loaded = pretrained.load_variables(
+        student, image_shape, init_from.get("workdir"), init_from.get("weights"),
+        exclude=() if keep_classifier else (type(student).CLASSIFIER,),
+        field="config.init_from", target="config.model",
+        hint="A checkpoint of another task's classes loads with "
+             "config.init_from.load_classifier=False." if keep_classifier else "")
+    return pretrained.overwrite(variables, loaded)
 
 
 def _resolved_data_config(config, dataset: data.Dataset) -> None:
@@ -238,16 +262,18 @@ def prepare(config: ml_collections.ConfigDict, dataset: data.Dataset | None = No
     mesh = make_mesh(config.get("num_devices"), (config.batch_size, eval_batch))
     check_batch("batch_size", config.batch_size, mesh)
     check_batch("eval_batch_size", eval_batch, mesh)
-    image_shape = dataset.train.images.shape[1:]
+    image_shape = augment.input_shape(config.augment, dataset.train.images.shape[1:])
 
     teacher = teacher_sown = None
     if distills:
+        teacher_classes, teacher_shape = teacher_task(config.teacher, dataset.num_classes,
+                                                      image_shape)
         if teacher_variables is None:
             teacher, teacher_variables = load_teacher(config.teacher, dataset.num_classes,
                                                       image_shape)
         else:
-            teacher = build_model(config.teacher.model, dataset.num_classes)
-        teacher_sown = _abstract_layers(teacher, teacher_variables, image_shape)
+            teacher = build_model(config.teacher.model, teacher_classes)
+        teacher_sown = _abstract_layers(teacher, teacher_variables, teacher_shape)
     terms = methods.build_terms(config.get("distill"))
     stages = methods.stages_of(terms, config.get("stage_epochs"))
 
@@ -255,6 +281,7 @@ def prepare(config: ml_collections.ConfigDict, dataset: data.Dataset | None = No
     root = jax.random.PRNGKey(config.seed)
     student_vars = student.init(jax.random.fold_in(root, 0), jnp.zeros((1, *image_shape)),
                                 train=False)
+    student_vars = init_student(config.get("init_from"), student, student_vars, image_shape)
     student_sown = _abstract_layers(student, student_vars, image_shape)
     methods.check_layers(terms, list(student_sown),
                          None if teacher_sown is None else list(teacher_sown))

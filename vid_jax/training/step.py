@@ -61,15 +61,43 @@ class StepSpec:
     num_classes: int
 
 
-def augmented_input(config: ml_collections.ConfigDict, rng: jax.Array, step: jax.Array,
+def augmented_crops(config: ml_collections.ConfigDict, rng: jax.Array, step: jax.Array,
                     images: jax.Array) -> jax.Array:
-    """This device's slice of the batch, cropped, flipped and normalised on the device; the
+    """This device's slice of the batch, cropped and flipped on the device (pixel values
+    0..255; uint8 unless resized): padded crops of the stored size, random crops of
+    `augment.crop_size`, or Inception-style crops with `augment.random_resized_scale`. The
     same for every run with the same seed (`rng`) at the same step."""
     local_batch = images.shape[0]
     first = jax.lax.axis_index(AXIS) * local_batch
     keys = augment.example_keys(jax.random.fold_in(rng, step), first + jnp.arange(local_batch))
-    x = augment.random_crop_flip(images, keys, config.augment.crop_padding, config.augment.flip)
-    return augment.normalize(x, tuple(config.data.mean), tuple(config.data.std))
+    size, _, _ = augment.input_shape(config.augment, images.shape[1:])
+    padding, flip = config.augment.crop_padding, config.augment.flip
+    if config.augment.get("random_resized_scale"):
+        return augment.random_resized_crop_flip(images, keys, size,
+                                                config.augment.random_resized_scale, flip)
+    if config.augment.get("crop_size") is None:  # padded crops of the stored size
+        return augment.random_crop_flip(images, keys, padding, flip)
+    return augment.random_crop_flip_to(images, keys, size, padding, flip)
+
+
+def augmented_input(config: ml_collections.ConfigDict, rng: jax.Array, step: jax.Array,
+                    images: jax.Array) -> jax.Array:
+    """The student's input: `augmented_crops`, normalised with `config.data`'s statistics."""
+    crops = augmented_crops(config, rng, step, images)
+    return augment.normalize(crops, tuple(config.data.mean), tuple(config.data.std))
+
+
+def teacher_input(config: ml_collections.ConfigDict, crops: jax.Array,
+                  student_input: jax.Array) -> jax.Array:
+    """The teacher's input: the student's crops in the teacher's own normalisation and size
+    (`config.teacher.mean`, `std`, `image_size`), or the student's input where it sets none."""
+    teacher = config.get("teacher") or {}
+    mean, std, size = (teacher.get(k) for k in ("mean", "std", "image_size"))
+    if mean is None and std is None and size is None:
+        return student_input
+    x = augment.normalize(crops, tuple(config.data.mean if mean is None else mean),
+                          tuple(config.data.std if std is None else std))
+    return x if size is None else augment.resize(x, size)
 
 
 def teacher_layers(teacher: nn.Module | None, variables: Any, x: jax.Array) -> dict[str, Any]:
@@ -141,8 +169,9 @@ def make_train_step(specs: Sequence[StepSpec], teacher: nn.Module | None,
     share a step share their seed) and the teacher's forward; each has its own update.
     """
     def step(states, teacher_variables, images, labels, labelled, indices):
-        x = augmented_input(config, states[0].rng, states[0].step, images)
-        taught = teacher_layers(teacher, teacher_variables, x)
+        crops = augmented_crops(config, states[0].rng, states[0].step, images)
+        x = augment.normalize(crops, tuple(config.data.mean), tuple(config.data.std))
+        taught = teacher_layers(teacher, teacher_variables, teacher_input(config, crops, x))
         results = [update(spec, state, x, taught, labels, labelled, indices)
                    for spec, state in zip(specs, states, strict=True)]
         return tuple(r[0] for r in results), tuple(r[1] for r in results)
@@ -154,10 +183,15 @@ def make_train_step(specs: Sequence[StepSpec], teacher: nn.Module | None,
 
 def make_eval_step(model: nn.Module, mesh: jax.sharding.Mesh,
                    config: ml_collections.ConfigDict):
-    """(variables, images, labels, valid) -> (number correct, summed cross-entropy)."""
+    """(variables, images, labels, valid) -> (number correct, summed cross-entropy), on the
+    centre crop of `augment.crop_size` when it is set."""
     mean, std = tuple(config.data.mean), tuple(config.data.std)
 
     def step(variables, images, labels, valid):
+        size, _, _ = augment.input_shape(config.augment, images.shape[1:])
+        if config.augment.get("crop_size") is not None or \
+                config.augment.get("random_resized_scale"):
+            images = augment.center_crop(images, size)
         logits = model.apply(variables, augment.normalize(images, mean, std), train=False)
         valid = valid.astype(jnp.float32)
         correct = jnp.sum(valid * (jnp.argmax(logits, -1) == labels))
