@@ -197,3 +197,22 @@ def test_the_transfer_grids_expand_with_their_rows_and_the_papers_numbers(tmp_pa
     assert fine.init_from.workdir == "workdirs/cifar10_transfer/vgg9"
     lwf = next(r.config for r in grid if r.row == "lwf")
     assert lwf.teacher.num_classes == 5 and lwf.data.classes == cifar10_transfer.TARGET_CLASSES
+
+
+def test_missing_weights_and_start_points_fail_before_anything_trains(tmp_path):
+    from configs import cifar10_transfer, transfer_table3
+    from vid_jax import runner
+
+    config = transfer_table3.get_config("cub_vgg9")
+    runs = runner.expand(config, str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="config.init_from.weights: "
+                                                "weights/vgg11_bn.safetensors does not exist"):
+        runner.check_teachers(runs, config.teacher_hint)
+    with pytest.raises(FileNotFoundError, match="config.teacher.weights: weights/resnet34."
+                                                "safetensors does not exist. The teacher is "
+                                                "torchvision's ImageNet ResNet-34"):
+        runner.check_teachers([r for r in runs if r.row == "vid_i"], config.teacher_hint)
+    grid = runner.expand(cifar10_transfer.get_config("resnet18"), str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="config.init_from.workdir: workdirs/"
+                                                "cifar10_transfer/resnet18 has no checkpoint"):
+        runner.check_teachers([r for r in grid if r.row == "fine_tuned"])

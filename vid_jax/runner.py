@@ -537,7 +537,30 @@ def check_teachers(runs: Sequence[Run], how_to_train: str = "",
                     f"{how_to_train} Or set --config.teacher.workdir=DIR.") from missing
             if chosen_on_validation:
                 _check_teacher_chosen_on_validation(teacher.workdir)
+        if not run.done:
+            _check_start_points(run.config, earlier, how_to_train)
         earlier.add(os.path.abspath(run.workdir))
+
+
+def _check_start_points(config: ml_collections.ConfigDict, earlier: set[str],
+                        how_to_train: str) -> None:
+    """A teacher's weights file, or a student's `init_from` (a weights file, or a run's
+    workdir that no earlier run of the config trains), that does not exist: one error before
+    anything trains (a grid's cells without them would train first)."""
+    teacher, init_from = config.get("teacher"), config.get("init_from")
+    if teacher and teacher.get("model") and teacher.get("weights") \
+            and not os.path.isfile(teacher.weights):
+        raise FileNotFoundError(f"config.teacher.weights: {teacher.weights} does not exist. "
+                                f"{how_to_train}".strip())
+    if not init_from:
+        return
+    if init_from.get("weights") and not os.path.isfile(init_from.weights):
+        raise FileNotFoundError(f"config.init_from.weights: {init_from.weights} does not exist.")
+    workdir = init_from.get("workdir")
+    if workdir and os.path.abspath(workdir) not in earlier \
+            and not os.path.isdir(os.path.join(workdir, "best")):
+        raise FileNotFoundError(f"config.init_from.workdir: {workdir} has no checkpoint "
+                                "(best/); train that run first, or point it at one that did.")
 
 
 def _check_teacher_chosen_on_validation(teacher_workdir: str) -> None:
