@@ -7,6 +7,9 @@
 
 Any field can be overridden with --config.a.b=v. Running the same command again reads the runs
 that finished, and resumes an interrupted one from its latest checkpoint (vid_jax/runner.py).
+A workdir that trained under another config is refused with the fields that differ, unless
+--allow_change=FIELD,... (resume under the new values, recorded) or --restart (start over);
+one process at a time trains in a workdir (vid_jax/workdir.py).
 """
 import os
 import shlex
@@ -22,7 +25,8 @@ host.use_all_cpu_cores()  # before JAX starts: one XLA CPU device per core
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from vid_jax import data, runner  # noqa: E402
+from vid_jax import runner  # noqa: E402
+from vid_jax.errors import user_error  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A config file: configs/<name>.py.")
 _WORKDIR = flags.DEFINE_string(
@@ -30,19 +34,29 @@ _WORKDIR = flags.DEFINE_string(
     "workdirs/<config>; a grid's: workdirs/experiments/<grid>_<scale>).")
 _LIST = flags.DEFINE_bool("list", False, "Print the config's runs and their workdirs; train "
                           "nothing.")
+_RESTART = flags.DEFINE_bool(
+    "restart", False, "Start over every run whose workdir trained under another config (its "
+    "checkpoints, metrics and summary are deleted); the other runs resume or are read.")
+_ALLOW_CHANGE = flags.DEFINE_list(
+    "allow_change", [], "Fields (or their parents, e.g. optimizer) that may differ from the "
+    "config a workdir trained with: the run resumes under the new values (a finished one "
+    "trains again), and config_changes.jsonl records each change with its first epoch.")
 _DEBUG = flags.DEFINE_bool(
     "debug", False, "Show library INFO logs and the full traceback of configuration errors.")
 flags.mark_flags_as_required(["config"])
 
-# Errors that mean the input is wrong, not the code: shown as one message, no traceback.
-# FloatingPointError: training.TrainingDiverged (a loss became NaN or infinite).
-USER_ERRORS = (ValueError, KeyError, TypeError, FileNotFoundError,
-               data.DatasetUnavailableError, FloatingPointError)
-
-
 def _fail(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def _fail_now(message: str) -> None:
+    """`_fail` for an error during training: the workdir's files are closed by then, and
+    exiting at once keeps orbax's unfinished writes (a full disk) from printing hundreds of
+    'Event loop is closed' lines while the interpreter shuts down."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(2)
 
 
 def _unquoted(text: str) -> str:
@@ -102,11 +116,13 @@ def main(argv):
             print(runner.describe(runs))
             return
         command = "python launch.py " + shlex.join(sys.argv[1:])
-        outcome = runner.run(config, workdir, command, runs=runs)
-    except USER_ERRORS as e:
-        if _DEBUG.value:
+        outcome = runner.run(config, workdir, command, runs=runs,
+                             allow_changes=_ALLOW_CHANGE.value, restart=_RESTART.value)
+    except Exception as e:
+        line = None if _DEBUG.value else user_error(e)
+        if line is None:
             raise
-        _fail(_unquoted(str(e)))
+        _fail_now(line)
     print()
     print(outcome.text)
 

@@ -4,17 +4,20 @@
   workdir/best/<epoch>         the model variables {params, batch_stats} of the best epoch;
                                this is what a distillation run loads as its teacher
 
-The best epoch is chosen among all evaluated epochs, whatever the checkpoint interval: an epoch
-that beats every earlier one saves its train state to `checkpoints/`, then its variables to
-`best/` (`Checkpoints.save`). So the latest checkpoint is never older than the best epoch, and
-a process killed between the two saves resumes from that epoch, whose variables
-`reconcile_best` then writes to `best/`. Orbax writes each save to a temporary directory and renames
-it when complete; the temporary directories of a killed save are removed when the workdir is
-opened again (`cleanup_tmp_directories`).
+The epoch a run exports (the best validation accuracy, or the last epoch of a run without a
+validation split: nothing is chosen on the test set) is saved when it is evaluated, whatever
+the checkpoint interval: its train state to `checkpoints/`, then its variables to `best/`
+(`Checkpoints.save`). So the latest checkpoint is never older than the best epoch, and a
+process killed between the two saves resumes from that epoch, whose variables
+`reconcile_best` then writes to `best/`. Orbax writes each save to a temporary directory and
+renames it when complete; the temporary directories of a killed save are removed when the
+workdir is opened again (`cleanup_tmp_directories`).
 """
+import errno
 import hashlib
 import json
 import os
+import shutil
 from typing import Any
 
 import jax
@@ -32,10 +35,11 @@ class Checkpoints:
         self.latest = ocp.CheckpointManager(
             os.path.join(workdir, "checkpoints"),
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, **common))
-        self.best = ocp.CheckpointManager(
-            os.path.join(workdir, "best"),
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=1, best_fn=lambda m: m[best_metric], best_mode="max", **common))
+        # The loop saves an epoch here only when it is the run's new choice (Summary's
+        # `selected_epoch`), so keeping the newest one keeps the choice.
+        self.best = ocp.CheckpointManager(os.path.join(workdir, "best"),
+                                          options=ocp.CheckpointManagerOptions(max_to_keep=1,
+                                                                               **common))
         self.best_metric = best_metric
 
     def restore_latest(self, abstract_state: Any) -> tuple[Any, int] | None:
@@ -51,17 +55,19 @@ class Checkpoints:
         """Saves the train state of `epoch`, then its variables as the new best epoch when
         `variables` are given (with the `accuracy` that ranks them)."""
         if epoch not in self.latest.all_steps():
+            _check_free_space(self.latest.directory, state, epoch)
             self.latest.save(epoch, args=ocp.args.StandardSave(state))
         if variables is not None:
             self.save_best(epoch, variables, accuracy)
 
     def save_best(self, epoch: int, variables: Any, accuracy: float) -> None:
         if epoch not in self.best.all_steps():
+            _check_free_space(self.best.directory, variables, epoch)
             self.best.save(epoch, args=ocp.args.StandardSave(variables),
                            metrics={self.best_metric: float(accuracy)})
 
     def best_epoch(self) -> int | None:
-        return self.best.best_step()
+        return self.best.latest_step()
 
     def reconcile_best(self, best_epoch: int | None, best_accuracy: float | None,
                        resumed_epoch: int, variables: Any) -> None:
@@ -95,6 +101,17 @@ class Checkpoints:
         self.best.close()
 
 
+def _check_free_space(directory: Any, tree: Any, epoch: int) -> None:
+    """An OSError(ENOSPC) before a save that cannot fit: orbax's writers report a full disk
+    from many threads at once (hundreds of lines), and leave a partial save behind."""
+    needed = sum(getattr(x, "nbytes", 0) for x in jax.tree.leaves(tree)) + (1 << 20)
+    free = shutil.disk_usage(str(directory)).free
+    if free < needed:
+        raise OSError(errno.ENOSPC, f"No space left for the checkpoint of epoch {epoch} "
+                      f"({needed / 1e6:.1f} MB needed, {free / 1e6:.1f} MB free)",
+                      str(directory))
+
+
 def checkpoint_directory(workdir: str, which: str = "best") -> str:
     """`workdir/which`, or a FileNotFoundError that says how to make it."""
     directory = os.path.join(os.path.abspath(workdir), which)
@@ -110,7 +127,7 @@ def load_variables(workdir: str, which: str = "best") -> dict[str, Any]:
     `which="checkpoints"` loads the whole train state of the latest epoch instead."""
     directory = checkpoint_directory(workdir, which)
     with ocp.CheckpointManager(directory, item_handlers=ocp.StandardCheckpointHandler()) as manager:
-        epoch = manager.best_step() if which == "best" else manager.latest_step()
+        epoch = manager.latest_step()  # best/ keeps one epoch: the run's choice
         if epoch is None:
             raise FileNotFoundError(f"{directory} holds no finished checkpoint; the run that "
                                     "writes it was interrupted before its first save.")
@@ -132,7 +149,8 @@ def _check_best_is_the_summarys(workdir: str, epoch: int) -> None:
         return  # a run still training: best/ is its best epoch so far
     with open(path) as f:
         summary = json.load(f)
-    named = summary.get(f"best_{summary.get('selected_by', 'test')}_epoch")
+    named = summary.get("selected_epoch",
+                        summary.get(f"best_{summary.get('selected_by', 'test')}_epoch"))
     if named is not None and named != epoch:
         raise WorkdirError(
             f"{workdir}: summary.json names epoch {named} best but best/ holds epoch {epoch}; "

@@ -1,4 +1,10 @@
-"""The fields every run config has, with their defaults; `configs/*.py` start from here."""
+"""The fields every run config has, with their defaults; `configs/*.py` start from here.
+
+`check_config` refuses values no run can train with, before anything reads data or writes.
+"""
+import math
+from typing import Any
+
 import ml_collections
 from ml_collections.config_dict import placeholder
 
@@ -144,3 +150,43 @@ def digits_recipe(depth: int, width: int, images_per_class: int | None,
     config.progress_bar = False
     config.log_epochs = False
     return config
+
+
+def _at_least(config: ml_collections.ConfigDict, path: str, low: float, what: str,
+              optional: bool = False) -> None:
+    node: Any = config
+    for part in path.split("."):
+        node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
+    if node is None and optional:
+        return
+    number = isinstance(node, (int, float)) and not isinstance(node, bool)
+    if not number or not math.isfinite(node) or node < low:
+        raise ValueError(f"config.{path}={node!r}: {what}.")
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Refuses a run config's values that no run can train with, each with one line that says
+    what to set. (A term's own values are checked where it is built: methods.build_terms; what
+    depends on the data set, where it is loaded: training.prepare.)"""
+    _at_least(config, "num_epochs", 1, "train at least 1 epoch")
+    _at_least(config, "batch_size", 1, "a batch holds at least 1 image")
+    _at_least(config, "eval_batch_size", 1, "a batch holds at least 1 image (None: batch_size)",
+              optional=True)
+    _at_least(config, "checkpoint_every_epochs", 1,
+              "save every N >= 1 epochs (the last epoch is always saved)")
+    _at_least(config, "eval_every_epochs", 1,
+              "evaluate every N >= 1 epochs (the last epoch is always evaluated)")
+    _at_least(config, "task_loss_weight", 0, "the task loss's weight cannot be negative")
+    _at_least(config, "optimizer.learning_rate", 0, "give a learning rate >= 0")
+    _at_least(config, "data.images_per_class", 1,
+              "keep at least 1 image per class (None: all of them)", optional=True)
+    distills = bool(config.get("distill"))
+    _at_least(config, "data.labels_per_class", 0 if distills else 1,
+              "keep at least 1 label per class (None: all); 0 only trains with distillation "
+              "terms, which learn from unlabelled images", optional=True)
+    fraction = config.data.get("validation_fraction") or 0.0
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"config.data.validation_fraction={fraction!r}: hold out a fraction "
+                         "in [0, 1) of each class's training images.")
+    for stage in config.get("stage_epochs") or {}:
+        _at_least(config, f"stage_epochs.{stage}", 0, "a stage trains 0 or more epochs")

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -41,7 +42,16 @@ import numpy as np
 from ml_collections.config_dict import placeholder
 
 from vid_jax import checkpoints, search
+from vid_jax.config_base import check_config
 from vid_jax.metric_writer import write_atomically
+from vid_jax.workdir import (
+    check_not_in_use,
+    check_resume,
+    check_writable,
+    clear_outputs,
+    config_changes,
+    locked,
+)
 
 TrainFn = Callable[[ml_collections.ConfigDict, str], dict[str, Any]]
 # Several runs in one shared step: (configs, workdirs) -> their summaries.
@@ -261,9 +271,12 @@ class Run:
     def diverged(self) -> bool:
         return self.phase == "search" and os.path.exists(os.path.join(self.workdir, DIVERGED))
 
+    reopened: bool = False  # finished, but its config changed in allowed fields
+
     @property
     def done(self) -> bool:
-        return os.path.exists(os.path.join(self.workdir, "summary.json")) or self.diverged
+        return not self.reopened and (
+            os.path.exists(os.path.join(self.workdir, "summary.json")) or self.diverged)
 
     def label(self) -> str:
         return self.name or self.workdir
@@ -581,7 +594,7 @@ def _check_teacher_chosen_on_validation(teacher_workdir: str) -> None:
         raise ValueError(f"The teacher in {teacher_workdir} has neither summary.json nor "
                          "config.json, so it cannot be told whether its checkpoint was "
                          "chosen on the test set; selection=validation needs one that was not.")
-    if chosen_by != "validation":
+    if chosen_by not in ("validation", "last"):
         raise ValueError(f"The teacher in {teacher_workdir} chose its checkpoint on the test set "
                          f"({what}); selection=validation chooses nothing on the test set: "
                          "use a teacher trained with a validation split (e.g. "
@@ -992,15 +1005,51 @@ def _train_group(group: Sequence[Run], train_fn: TrainFn, together_fn: TogetherF
     return results
 
 
+def check_workdirs(runs: Sequence[Run], allow_changes: Sequence[str] = (),
+                   restart: bool = False) -> set[str]:
+    """Checks every run's config and workdir before anything trains (`config_base.
+    check_config`, `workdir.check_writable`, `workdir.check_resume`); with `restart`, then
+    clears the workdirs of runs whose config changed. Returns the workdirs of finished runs
+    whose config changed in allowed fields: they train again (e.g. more epochs)."""
+    reopened, to_restart = set(), []
+    for r in runs:
+        if r.phase == "final" and r.values is None:
+            continue  # its values are chosen by the search; the trainer checks it then
+        try:
+            check_config(r.config)
+        except ValueError as error:
+            raise ValueError(f"{r.label()}: {error}") from None
+        check_writable(r.workdir)
+        check_not_in_use(r.workdir)
+        if restart and config_changes(r.workdir, r.config):
+            to_restart.append(r)
+        elif check_resume(r.workdir, r.config, allow_changes) and r.done:
+            reopened.add(r.workdir)
+    for r in to_restart:  # only once every run passed its checks
+        with locked(r.workdir):
+            clear_outputs(r.workdir)
+        print(f"{r.label()}: its config changed; starting over in {r.workdir} (--restart)",
+              flush=True)
+    return reopened
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, command: str = "",
         train_fn: TrainFn | None = None, runs: Sequence[Run] | None = None,
-        together_fn: TogetherFn | None = None) -> Outcome:
+        together_fn: TogetherFn | None = None, allow_changes: Sequence[str] = (),
+        restart: bool = False) -> Outcome:
     """Runs the config's runs not yet finished, in order, and says how they did. A grid's
     cells that see the same batches train together, `config.runs_per_step` at a time; under
-    the protocol, the search first, then the final runs with the values it chose."""
+    the protocol, the search first, then the final runs with the values it chose.
+
+    Every run is checked before any trains: a workdir that trained under another config is
+    refused unless the fields that differ are in `allow_changes` (the run then resumes under
+    the new values, a finished one trains again) or `restart` starts it over."""
     if train_fn is None:
         train_fn, default_together = _default_train_fns()
         together_fn = together_fn or default_together
+        if allow_changes:
+            train_fn = functools.partial(train_fn, allow_changes=tuple(allow_changes))
+            together_fn = functools.partial(together_fn, allow_changes=tuple(allow_changes))
     if together_fn is None:  # a train_fn alone: the runs of a group one after another
         def together_fn(configs, workdirs):
             return [train_fn(c, w) for c, w in zip(configs, workdirs)]
@@ -1012,6 +1061,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, command: str = "",
     for r in runs:  # a finished final run that trained other values than those chosen
         if r.phase == "final" and r.values is not None:
             _check_recorded(r)
+    reopened = check_workdirs(runs, allow_changes, restart)
+    runs = [dataclasses.replace(r, reopened=True) if r.workdir in reopened else r
+            for r in runs]
     names = [r.name for r in runs]
     summaries, position = {}, {name: i + 1 for i, name in enumerate(names)}
 

@@ -25,17 +25,22 @@ from typing import Any
 
 import ml_collections
 
+from vid_jax.config_base import base_config
+
 CONFIG = "config.json"
 CHANGES = "config_changes.jsonl"
 SUMMARY = "summary.json"
 LOCK = ".lock"
-# What a run writes in its workdir: `restart` removes these and nothing else.
+# What a run writes in its workdir: `clear_outputs` removes these and nothing else.
 OUTPUTS = ("checkpoints", "best", "stages", "tensorboard", "metrics.jsonl", SUMMARY, CONFIG,
            CHANGES)
 
 # Fields that do not change what a run computes: they may differ on any rerun.
 FREE_FIELDS = ("progress_bar", "log_epochs", "eval_batch_size", "eval_every_epochs",
                "checkpoint_every_epochs", "data.data_dir", "data.download")
+# Fields that a config may leave None for the run to compute (from the training images); the
+# saved config holds the computed value.
+DERIVED_FIELDS = ("data.mean", "data.std")
 # Fields that fix the images a run sees, its models, its terms and their variables: a run
 # cannot resume under other values (its checkpoints and batches would not fit them).
 FIXED_FIELDS = ("seed", "batch_size", "model", "teacher", "data", "stage_epochs",
@@ -119,9 +124,15 @@ def config_changes(workdir: str, config: ml_collections.ConfigDict) -> list[Chan
     if saved is None or not has_trained(workdir):
         return []
     was, now = _flat(saved), _flat(_as_json(config))
+    # A field that a newer vid-jax added reads as its default in a workdir written before it.
+    defaults = _flat(_as_json(base_config()))
     changes = []
     for field in sorted(set(was) | set(now)):
         before, after = was.get(field, _ABSENT), now.get(field, _ABSENT)
+        if before is _ABSENT and after in (None, defaults.get(field)):
+            continue
+        if after is None and any(_matches(field, f) for f in DERIVED_FIELDS):
+            continue
         if before != after and not any(_matches(field, f) for f in FREE_FIELDS):
             changes.append(Change(field, before, after))
     return changes
@@ -160,7 +171,7 @@ def record_changes(workdir: str, changes: Sequence[Change], epoch: int) -> None:
                                     "now": None if c.now is _ABSENT else c.now}) + "\n")
 
 
-def restart(workdir: str) -> None:
+def clear_outputs(workdir: str) -> None:
     """Removes what a run wrote in `workdir` (OUTPUTS), so it trains from the start."""
     for name in OUTPUTS:
         path = os.path.join(workdir, name)
@@ -182,6 +193,14 @@ def check_writable(workdir: str) -> None:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise WorkdirError(f"workdir {workdir}: {existing} is not writable; choose another "
                            "--workdir or fix its permissions.")
+
+
+def check_not_in_use(workdir: str) -> None:
+    """A WorkdirError if another process holds `workdir`'s lock now (checked before a
+    command trains anything; `locked` is what keeps it while training)."""
+    if os.path.exists(os.path.join(workdir, LOCK)):
+        with locked(workdir):
+            pass
 
 
 @contextlib.contextmanager

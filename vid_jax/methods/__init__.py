@@ -6,6 +6,7 @@ follows (its call, its context, its stages) is in `vid_jax.methods.base`; the te
 module per family. `python -m vid_jax.methods` prints the table of registered methods.
 """
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -66,6 +67,14 @@ def build_terms(distill_config: Mapping[str, Any] | None) -> list[Term]:
                 f"Unknown distillation method {method_name!r} in config.distill.{name}; "
                 f"registered methods: {', '.join(sorted(METHODS))} (python -m vid_jax.methods).")
         method = METHODS[method_name]
+        if not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"config.distill.{name}.weight={weight!r}: a term's weight is a "
+                             "finite number >= 0 (0 turns it off).")
+        temperature = entry.get("temperature")
+        if temperature is not None and not (isinstance(temperature, (int, float))
+                                            and math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"config.distill.{name}.temperature={temperature!r}: a softmax "
+                             "temperature is a finite number > 0 (4 is Hinton's usual value).")
         try:
             module = method.build(**entry)
         except (TypeError, ValueError) as e:  # unknown argument; a bad value a term checks

@@ -38,6 +38,7 @@ from vid_jax.workdir import (
     CONFIG,
     SUMMARY,
     Change,
+    check_not_in_use,
     check_resume,
     check_writable,
     locked,
@@ -75,6 +76,7 @@ def train_together(configs: Sequence[ml_collections.ConfigDict], workdirs: Seque
         raise ValueError(f"{len(configs)} configs for {len(workdirs)} workdirs.")
     for config, workdir in zip(configs, workdirs):  # before anything is read or written
         check_writable(workdir)
+        check_not_in_use(workdir)
         check_resume(workdir, config, allow_changes)
     check_shareable(configs)
     if dataset is None:  # read once for all: the runs share config.data
@@ -124,7 +126,7 @@ class _Progress:
     writer: MetricWriter
     start_epoch: int
     eval_step: Any
-    selection: str  # the split that ranks epochs: validation when the run has one
+    selection: str  # what chooses the epoch the run exports (`_selection`)
     best_accuracy: float | None
     # A resumed run's config changes (possibly none), written with its first epoch's metrics.
     pending_changes: list[Change] | None
@@ -144,14 +146,24 @@ class _Progress:
         self.pending_changes = None
 
 
-def _best_so_far(workdir: str, up_to: int, selection: str) -> tuple[int | None, float | None]:
-    """The epoch (<= up_to) with the highest selection accuracy in the run's metrics (the first
-    of equals, as `summarize` picks), and that accuracy."""
+def _selection(run: Run) -> str:
+    """What chooses the epoch a run exports: its validation split, else its last epoch."""
+    return "validation" if run.dataset.validation is not None else "last"
+
+
+def _best_so_far(workdir: str, up_to: int, selection: str, num_epochs: int
+                 ) -> tuple[int | None, float | None]:
+    """The epoch (<= up_to) the run has chosen so far by its metrics (`summarize`'s choice:
+    the first of equal validation accuracies; the last epoch once it is trained), and its
+    accuracy."""
     path = os.path.join(workdir, MetricWriter.FILENAME)
-    key = f"{selection}_accuracy"
+    key = "test_accuracy" if selection == "last" else f"{selection}_accuracy"
     best = (None, None)
     for line in read_metrics(path) if os.path.exists(path) else []:
-        if line["epoch"] <= up_to and key in line and (best[1] is None or line[key] > best[1]):
+        if line["epoch"] > up_to or key not in line:
+            continue
+        if selection == "last" and line["epoch"] == num_epochs or \
+                selection != "last" and (best[1] is None or line[key] > best[1]):
             best = (line["epoch"], line[key])
     return best
 
@@ -175,8 +187,8 @@ def _open(run: Run, previous: TrainState, workdir: str, stage: methods.Stage | N
     elif start_epoch < num_epochs:  # recorded when the first epoch under it ends (_end_epoch)
         pending = changes
     writer = MetricWriter(workdir, resume_epoch=start_epoch)
-    selection = "validation" if run.dataset.validation is not None else "test"
-    best_epoch, best_accuracy = _best_so_far(workdir, start_epoch, selection)
+    selection = _selection(run)
+    best_epoch, best_accuracy = _best_so_far(workdir, start_epoch, selection, num_epochs)
     checkpoints.reconcile_best(best_epoch, best_accuracy, start_epoch,
                                {"params": state.params["student"],
                                 "batch_stats": state.batch_stats})
@@ -214,7 +226,7 @@ def train_stage_together(runs: Sequence[Run], previous: Sequence[TrainState],
     summaries = []
     for p, before in zip(progress, stages_before or [None] * len(progress)):
         summary = summarize(p.workdir, p.selection)
-        best = summary[f"best_{p.selection}_epoch"]
+        best = summary["selected_epoch"]
         if p.checkpoints.best_epoch() != best:  # the invariant Checkpoints.save keeps
             raise RuntimeError(f"{p.workdir}: best/ holds epoch {p.checkpoints.best_epoch()}, "
                                f"the metrics name epoch {best}.")
@@ -304,8 +316,13 @@ def _end_epoch(p: _Progress, epoch: int, num_epochs: int, totals: dict[str, floa
     p.writer.write(epoch, record)
     # The best epoch is saved when it is evaluated, whatever the checkpoint interval, with a
     # checkpoint of its train state, so that a resume always reaches it (Checkpoints.save).
-    accuracy = record.get(f"{p.selection}_accuracy")
-    new_best = accuracy is not None and (p.best_accuracy is None or accuracy > p.best_accuracy)
+    if p.selection == "last":
+        accuracy = record["test_accuracy"] if epoch == num_epochs else None
+        new_best = accuracy is not None
+    else:
+        accuracy = record.get(f"{p.selection}_accuracy")
+        new_best = accuracy is not None and (p.best_accuracy is None
+                                             or accuracy > p.best_accuracy)
     if new_best:
         p.best_accuracy = accuracy
     if new_best or epoch % config.checkpoint_every_epochs == 0 or epoch == num_epochs:

@@ -62,27 +62,37 @@ class MetricSums:
         return dict(self._sums)
 
 
-def summarize(workdir: str, selection: str = "test") -> dict[str, Any]:
-    """Final and best accuracies, and each distillation term's loss at the first step (before
-    any update), in the first epoch and in the last epoch, from a run's metrics.jsonl.
+def summarize(workdir: str, selection: str = "last") -> dict[str, Any]:
+    """Final and best accuracies, the selected epoch, and each distillation term's loss at the
+    first step (before any update), in the first epoch and in the last epoch, from a run's
+    metrics.jsonl.
 
-    `best_test_accuracy` is the highest test accuracy over the evaluated epochs: picked on the
-    test set, so a bound, not a result. A run with a validation split also gets its last and
-    best validation accuracy (what a search over hyper-parameters ranks runs by) and the test
-    accuracy of the epoch the validation set picks."""
+    `selection` says which epoch's variables the run exports (its `best/`): "validation" (the
+    best validation accuracy, for a run that holds a validation split out), "last" (the last
+    epoch: what a run without one exports, so nothing is chosen on the test set) or "test"
+    (the best test accuracy; only to read runs of older versions). `best_test_accuracy`, the
+    highest test accuracy over the evaluated epochs, is picked on the test set: a bound, not a
+    result. A run with a validation split also gets its last and best validation accuracy
+    (what a search over hyper-parameters ranks runs by)."""
     lines = read_metrics(os.path.join(workdir, MetricWriter.FILENAME))
     last = lines[-1]
-    evaluated = [line for line in lines if f"{selection}_accuracy" in line]
-    best = max(evaluated, key=lambda line: line[f"{selection}_accuracy"])
+    tested = [line for line in lines if "test_accuracy" in line]
+    if selection == "last":
+        selected = last
+    else:
+        selected = max((line for line in lines if f"{selection}_accuracy" in line),
+                       key=lambda line: line[f"{selection}_accuracy"])
     not_terms = {"loss", "task_loss", "test_loss", "validation_loss"}
     term_losses = {k[:-len("_loss")]: {"first_step": lines[0].get(f"{k}_at_start"),
                                        "first_epoch": lines[0][k], "last_epoch": last[k]}
                    for k in last if k.endswith("_loss") and k not in not_terms}
     summary = {"epochs": last["epoch"], "final_test_accuracy": last["test_accuracy"],
-               "best_test_accuracy": max(line["test_accuracy"] for line in evaluated),
-               f"best_{selection}_epoch": best["epoch"],
-               "test_accuracy_at_best_selection": best["test_accuracy"],
-               "selected_by": selection, "term_losses": term_losses}
+               "best_test_accuracy": max(line["test_accuracy"] for line in tested),
+               "selected_by": selection, "selected_epoch": selected["epoch"],
+               "test_accuracy_at_best_selection": selected["test_accuracy"],
+               "term_losses": term_losses}
+    if selection != "last":
+        summary[f"best_{selection}_epoch"] = selected["epoch"]
     if "validation_accuracy" in last:
         summary["final_validation_accuracy"] = last["validation_accuracy"]
         summary["best_validation_accuracy"] = max(

@@ -22,6 +22,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from vid_jax import augment, data, methods, pretrained
+from vid_jax.config_base import check_config
 from vid_jax.models import build_model, sown_layers
 from vid_jax.training.mesh import AXIS, check_batch, make_mesh
 from vid_jax.training.optimizer import HeadRule, make_optimizer
@@ -254,9 +255,14 @@ def prepare(config: ml_collections.ConfigDict, dataset: data.Dataset | None = No
     `teacher_variables` stands in for the checkpoint in `config.teacher.workdir` (for
     benchmarks and tests); `dataset` for the one `config.data` describes.
     """
+    check_config(config)
     config = copy.deepcopy(config)  # filled-in fields stay local
     distills = bool(config.get("teacher") and config.teacher.get("model"))
     dataset = dataset if dataset is not None else data.load_dataset(config.data)
+    if config.batch_size > len(dataset.train):
+        raise ValueError(f"config.batch_size={config.batch_size} is larger than the "
+                         f"{len(dataset.train)} training images: a batch would repeat images. "
+                         "Lower it.")
     _resolved_data_config(config, dataset)
     eval_batch = config.get("eval_batch_size") or config.batch_size
     mesh = make_mesh(config.get("num_devices"), (config.batch_size, eval_batch))
