@@ -22,6 +22,7 @@ fine_tuned row lr 0.005): 1,229 epochs of the 50 images of M = 10, 246 of the 25
 These values are this library's guesses, not chosen on a validation split.
 """
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from configs import common, transfer_table3
 from vid_jax.config_base import cifar10_recipe, teacher_config
@@ -59,10 +60,11 @@ def source_pipeline() -> ml_collections.ConfigDict:
 
 
 def target_grid(student: str) -> ml_collections.ConfigDict:
-    cell = run_config(student, TARGET_CLASSES, None)
+    cell = run_config(student, TARGET_CLASSES, placeholder(int))
     cell.batch_size = 16  # M = 10 of five classes is 50 images
     cell.optimizer.learning_rate = 0.05
-    cell.eval_every_epochs = cell.checkpoint_every_epochs = None
+    # None: derived per column from images_per_cell (placeholders, so --config. can set them).
+    cell.eval_every_epochs = cell.checkpoint_every_epochs = placeholder(int)
     cell.progress_bar = False
     columns = {f"M={m}": dict(data=dict(images_per_class=m)) for m in M}
     return grid_config(

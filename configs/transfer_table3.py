@@ -39,6 +39,7 @@ validation split; these cells train fixed values (`--config.selection=validation
 `--config.search...` runs that protocol).
 """
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from configs import common
 from vid_jax.config_base import base_config, imagenet_input, teacher_config
@@ -94,7 +95,8 @@ def get_config(panel: str = "cub_resnet18") -> ml_collections.ConfigDict:
     cell.model = ml_collections.ConfigDict(dict(name=student))
     cell.batch_size, cell.eval_batch_size = 64, 256
     cell.optimizer.update(learning_rate=0.1, schedule="cosine", weight_decay=5e-4)
-    cell.num_epochs = cell.eval_every_epochs = cell.checkpoint_every_epochs = None
+    # None: derived per column from images_per_cell (placeholders, so --config. can set them).
+    cell.num_epochs = cell.eval_every_epochs = cell.checkpoint_every_epochs = placeholder(int)
     cell.progress_bar = False
 
     all_column, *m_columns = common.TABLE3_M[dataset]
