@@ -1011,12 +1011,15 @@ def check_workdirs(runs: Sequence[Run], allow_changes: Sequence[str] = (),
     check_config`, `workdir.check_writable`, `workdir.check_resume`); with `restart`, then
     clears the workdirs of runs whose config changed. Returns the workdirs of finished runs
     whose config changed in allowed fields: they train again (e.g. more epochs)."""
+    from vid_jax import methods  # imported late: JAX starts with it
+
     reopened, to_restart = set(), []
     for r in runs:
         if r.phase == "final" and r.values is None:
             continue  # its values are chosen by the search; the trainer checks it then
         try:
             check_config(r.config)
+            methods.build_terms(r.config.get("distill"))  # a term's own values
         except ValueError as error:
             raise ValueError(f"{r.label()}: {error}") from None
         check_writable(r.workdir)
