@@ -4,6 +4,7 @@ Needs neither network nor ../shared: image folders are written to tmp_path, TFDS
 pointed at an empty directory.
 """
 import re
+import sys
 import time
 
 import ml_collections
@@ -317,3 +318,9 @@ def test_load_dataset_errors():
         data.load_dataset({"source": "nope"})
     with pytest.raises(ValueError, match="needs --config.data.path"):
         data.load_dataset({"source": "image_folder"})
+
+
+def test_a_tfds_set_without_the_tfds_extra_says_which_extra_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # as if not installed
+    with pytest.raises(data.DatasetUnavailableError, match=r"pip install 'vid-jax\[tfds\]'"):
+        data.load_tfds("cifar10")

@@ -141,8 +141,14 @@ def load_tfds(name: str, data_dir: str | None = None, train_split: str = "train"
     Reads what is prepared in `data_dir` first; downloads only if that fails, `download` is
     set and the network answers. Otherwise raises DatasetUnavailableError.
     """
+    try:
+        import tensorflow_datasets as tfds  # slow to import: only when TFDS is used
+    except ImportError:
+        raise DatasetUnavailableError(
+            f"config.data.source='tfds' ({name}) needs TensorFlow Datasets, an optional extra: "
+            "pip install 'vid-jax[tfds]' (from a clone: pip install -e '.[tfds]'), or read the "
+            "data from an image folder or an .npz (config.data.source).") from None
     _hide_gpus_from_tensorflow()
-    import tensorflow_datasets as tfds  # slow to import: only when TFDS is used
 
     def load(split: str, may_download: bool):
         return tfds.load(name, split=split, data_dir=data_dir, as_supervised=True,
