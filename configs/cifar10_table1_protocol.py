@@ -19,8 +19,8 @@ Why the final runs train on all M images (`final_data="all"`): the column is "M 
 class provided for training"; the split only ranks candidates, and at M = 100 leaving 20
 images per class out would cost the student a fifth of its data. Nothing needs validation
 after the choice, because the table reports the last epoch: no value, epoch or checkpoint is
-chosen on the test set (a final run's best/, which the trainer ranks by test accuracy when a
-run has no validation split, is read by nothing). `--config.final_data=split` trains them
+chosen on the test set (a final run's best/ is its last epoch, as for every run without a
+validation split). `--config.final_data=split` trains them
 on the search's 80% instead, keeping the held-out images, and adds the test accuracy at each
 run's best validation epoch.
 
