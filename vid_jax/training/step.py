@@ -7,7 +7,8 @@ the axis, and every loss is the mean over devices of per-device values normalise
 equals the whole batch's (see `losses.cross_entropy`); gradients then equal those of the
 whole batch on one device.
 
-A step is built in two halves so that several runs can share one: `augmented_input` and
+A step is built in two halves so that several runs can share one: `augmented_crops` (then the
+student's and the teacher's inputs, each in its own normalisation and size) and
 `teacher_layers` depend only on the data and the seed, `update` on one run's state.
 """
 import dataclasses
