@@ -56,12 +56,12 @@ def fig2(diagnostics: Diagnostics, display_size: int = 64) -> Figure:
             axes[row, col].imshow(panels["teacher"][pair.name][row], cmap="viridis", vmin=0,
                                   vmax=1)
             if row == 0:
-                axes[row, col].set_title(f"{pair.name}\nteacher: mean |t|", fontsize=8)
+                axes[row, col].set_title(f"{pair.name}\nteacher\nmean |t|", fontsize=8)
             for k, (name, source, by_pair) in enumerate(maps):
                 ax = axes[row, col + 1 + k]
                 ax.imshow(by_pair[pair.name][row], cmap="inferno", vmin=0, vmax=1)
                 if row == 0:
-                    ax.set_title(f"{pair.name}\n{name}, {SHORT_HEAD_LABELS[source]}",
+                    ax.set_title(f"{pair.name}\n{name}\n{SHORT_HEAD_LABELS[source]}",
                                  fontsize=8)
     for ax in axes.flat:
         _off(ax)
