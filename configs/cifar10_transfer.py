@@ -54,7 +54,7 @@ def source_pipeline() -> ml_collections.ConfigDict:
     config.jobs = {name: run_config(name, SOURCE_CLASSES, 30)
                    for name in ("resnet34", *STUDENTS)}
     config.job_order = ("resnet34", *STUDENTS)
-    config.descriptions = {name: f"{name} on {', '.join(SOURCE_CLASSES)}, 30 epochs"
+    config.descriptions = {name: f"{name} on {', '.join(SOURCE_CLASSES)}"
                            for name in config.job_order}
     return config
 
