@@ -18,13 +18,18 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from vid_jax import augment, data, methods, pretrained
 from vid_jax.config_base import check_config
 from vid_jax.models import build_model, sown_layers
-from vid_jax.training.mesh import AXIS, check_batch, make_mesh
+from vid_jax.training.mesh import (
+    AXIS,
+    check_batch,
+    make_mesh,
+    process_rows,
+    replicate,
+    shard_rows,
+)
 from vid_jax.training.optimizer import HeadRule, make_optimizer
 from vid_jax.training.sampler import BatchSampler
 from vid_jax.training.step import ActiveTerm, StepSpec, TrainState, make_train_step
@@ -197,14 +202,16 @@ class Run:
 
     def place(self, tree: Any) -> Any:
         """`tree` replicated on every device of the mesh (a state, variables)."""
-        return jax.device_put(tree, NamedSharding(self.mesh, P()))
+        return replicate(self.mesh, tree)
 
     def batch(self, step: int) -> Batch:
-        """The training batch of `step`, split over the mesh's devices."""
-        idx = self.sampler.indices(step)
+        """The training batch of `step`, split over the mesh's devices. The sampler draws the
+        global batch; each process loads and places only its own rows of it."""
+        batch_size = self.sampler.batch_size
+        idx = self.sampler.indices(step)[process_rows(self.mesh, batch_size)]
         train = self.dataset.train
-        return jax.device_put((train.images[idx], train.labels[idx], train.labelled[idx],
-                               idx.astype(np.int32)), NamedSharding(self.mesh, P(AXIS)))
+        return shard_rows(self.mesh, (train.images[idx], train.labels[idx],
+                                      train.labelled[idx], idx.astype(np.int32)), batch_size)
 
     def train_step(self, stage: methods.Stage | None = None) -> TrainStep:
         """The jitted step of `stage` (None: the main stage), for states `start_stage` made

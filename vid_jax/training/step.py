@@ -27,7 +27,7 @@ from jax.sharding import PartitionSpec as P
 
 from vid_jax import augment, data, losses, methods
 from vid_jax.models import sown_layers
-from vid_jax.training.mesh import AXIS
+from vid_jax.training.mesh import AXIS, process_rows, shard_rows
 from vid_jax.training.metrics import MetricSums
 
 
@@ -205,14 +205,17 @@ def make_eval_step(model: nn.Module, mesh: jax.sharding.Mesh,
 
 def evaluate(eval_step, variables, split: data.Split, batch_size: int,
              sharding: NamedSharding) -> dict[str, float]:
-    """Accuracy and loss over a whole split; the last batch is padded and masked, not dropped."""
-    n = len(split)
+    """Accuracy and loss over a whole split, in batches split over `sharding`'s mesh; the last
+    batch is padded and masked, not dropped. Each process loads and places only its own rows
+    of every batch."""
+    n, mesh = len(split), sharding.mesh
+    rows = process_rows(mesh, batch_size)
     totals = MetricSums()
     for start in range(0, n, batch_size):
-        idx = np.arange(start, start + batch_size)
+        idx = start + rows
         valid = idx < n
         idx = np.where(valid, idx, 0)
-        batch = jax.device_put((split.images[idx], split.labels[idx], valid), sharding)
+        batch = shard_rows(mesh, (split.images[idx], split.labels[idx], valid), batch_size)
         batch_correct, batch_loss = eval_step(variables, *batch)
         totals.add({"correct": batch_correct, "loss": batch_loss})
     sums = totals.result()
