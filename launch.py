@@ -10,6 +10,21 @@ that finished, and resumes an interrupted one from its latest checkpoint (vid_ja
 A workdir that trained under another config is refused with the fields that differ, unless
 --allow_change=FIELD,... (resume under the new values, recorded) or --restart (start over);
 one process at a time trains in a workdir (vid_jax/workdir.py).
+
+Several hosts (vid_jax/distributed.py): run the same command in every process, with
+--distributed where JAX finds the job in the environment (Cloud TPU pods, SLURM, Open MPI),
+or with the job's shape given (flags, or the environment variables JAX_COORDINATOR_ADDRESS,
+JAX_NUM_PROCESSES, JAX_PROCESS_ID):
+
+  python launch.py --config=... --coordinator_address=host0:1234 --num_processes=2 --process_id=0
+  python launch.py --config=... --coordinator_address=host0:1234 --num_processes=2 --process_id=1
+
+The mesh spans every process's devices; each process loads only its part of each batch, the
+first writes the workdir's files, all save and restore the checkpoints (the workdir must be
+on a file system they share). Processes other than the first print only errors. If a
+process dies, the others stop: on CPUs with one line at their next all-reduce; elsewhere JAX
+stops them after --heartbeat_timeout_seconds. The same command in every process then resumes
+from the last checkpoint.
 """
 import os
 import shlex
@@ -25,7 +40,7 @@ host.use_all_cpu_cores()  # before JAX starts: one XLA CPU device per core
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from vid_jax import runner  # noqa: E402
+from vid_jax import distributed, runner  # noqa: E402
 from vid_jax.errors import user_error  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A config file: configs/<name>.py.")
@@ -41,6 +56,18 @@ _ALLOW_CHANGE = flags.DEFINE_list(
     "allow_change", [], "Fields (or their parents, e.g. optimizer) that may differ from the "
     "config a workdir trained with: the run resumes under the new values (a finished one "
     "trains again), and config_changes.jsonl records each change with its first epoch.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Join the other processes of this job, as JAX finds them in the "
+    "environment (Cloud TPU pods, SLURM, Open MPI); implied by the next three flags or their "
+    f"environment variables ({distributed.ENV_COORDINATOR}, {distributed.ENV_NUM_PROCESSES}, "
+    f"{distributed.ENV_PROCESS_ID}).")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, where the job's processes meet.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "How many processes the job has.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0..N-1.")
+_HEARTBEAT = flags.DEFINE_integer(
+    "heartbeat_timeout_seconds", None, "Of a job of several processes: how long one may stop "
+    "answering before the others stop with an error (default: JAX's).")
 _DEBUG = flags.DEFINE_bool(
     "debug", False, "Show library INFO logs and the full traceback of configuration errors.")
 flags.mark_flags_as_required(["config"])
@@ -95,11 +122,26 @@ def _parse_flags(argv: list[str]) -> list[str]:
         _fail(_flag_error(error, argv))
 
 
+def _join_processes() -> None:
+    """Joins the job's other processes (vid_jax.distributed), before anything uses JAX."""
+    try:
+        joined = distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                        _PROCESS_ID.value, auto=_DISTRIBUTED.value,
+                                        heartbeat_timeout_seconds=_HEARTBEAT.value)
+    except (ValueError, RuntimeError) as error:  # a bad value, or the job not found or met
+        if _DEBUG.value:
+            raise
+        _fail_now(f"could not join the job's processes: {' '.join(str(error).split())}")
+    if joined and not distributed.is_primary():
+        sys.stdout = open(os.devnull, "w")  # the first process reports; errors still show
+
+
 def main(argv):
     if len(argv) > 1:
         _fail(f"unexpected arguments {argv[1:]}; fields are set with --config.a.b=v.")
     if not _DEBUG.value:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    _join_processes()
     config = _CONFIG.value
     try:
         runner.kind(config)

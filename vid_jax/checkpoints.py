@@ -12,6 +12,11 @@ process killed between the two saves resumes from that epoch, whose variables
 `reconcile_best` then writes to `best/`. Orbax writes each save to a temporary directory and
 renames it when complete; the temporary directories of a killed save are removed when the
 workdir is opened again (`cleanup_tmp_directories`).
+
+In a job of several processes (`vid_jax.distributed`), every process opens the managers and
+calls every save and restore, as orbax requires (each array's shards are written once, the
+metadata by the first process); `load_variables` (a teacher, a student's start) restores in
+every process, onto that process's first device.
 """
 import errno
 import hashlib
@@ -42,12 +47,16 @@ class Checkpoints:
                                                                                **common))
         self.best_metric = best_metric
 
-    def restore_latest(self, abstract_state: Any) -> tuple[Any, int] | None:
-        """(state, epoch) of the newest saved epoch, or None if nothing is saved yet."""
+    def restore_latest(self, like: Any) -> tuple[Any, int] | None:
+        """(state, epoch) of the newest saved epoch, or None if nothing is saved yet. The state
+        is restored with the shapes, types and shardings of `like` (placed on a mesh); every
+        process of a job calls this, each restoring its own shards."""
         epoch = self.latest.latest_step()
         if epoch is None:
             return None
-        state = self.latest.restore(epoch, args=ocp.args.StandardRestore(abstract_state))
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like)
+        state = self.latest.restore(epoch, args=ocp.args.StandardRestore(abstract))
         return state, epoch
 
     def save(self, epoch: int, state: Any, variables: Any | None = None,
@@ -135,7 +144,8 @@ def load_variables(workdir: str, which: str = "best") -> dict[str, Any]:
             _check_best_is_the_summarys(workdir, epoch)
             verify_checksums(workdir, os.path.join(which, str(epoch)))
         # Restore onto one local device whatever mesh saved it (a teacher trained on 2 XLA
-        # devices loads in a 1-device process): orbax refuses a different topology otherwise.
+        # devices loads in a 1-device process; each process of a job loads its own copy):
+        # orbax refuses a different topology otherwise.
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
                               dict(manager.item_metadata(epoch)))

@@ -1,6 +1,7 @@
 """Which errors a user fixes (one line) and which are failures of the code (a traceback)."""
 import errno
 import os
+import sys
 import traceback
 
 from vid_jax.data.types import DatasetUnavailableError
@@ -24,8 +25,12 @@ def user_error(error: BaseException) -> str | None:
     (a workdir in use or trained under another config, a damaged metrics file, a diverged run,
     a data set not prepared) and any ValueError or FileNotFoundError raised in their code; the
     same types raised inside a library (orbax, numpy) are failures, shown in full. A full disk
-    or a read-only file system is the machine's: one line, whoever raised it.
+    or a read-only file system is the machine's: one line, whoever raised it, as is a
+    collective that failed in a job of several processes (another process stopped).
     """
+    lost = _lost_peer(error)
+    if lost:
+        return lost
     if isinstance(error, (WorkdirError, MetricsFileError, DatasetUnavailableError,
                           FloatingPointError)):  # FloatingPointError: TrainingDiverged
         return str(error)
@@ -42,3 +47,17 @@ def user_error(error: BaseException) -> str | None:
         if frames and os.path.abspath(frames[-1].filename).startswith(_OWN_CODE):
             return str(error)
     return None
+
+
+def _lost_peer(error: BaseException) -> str | None:
+    """One line for a step that failed across processes (`vid_jax.distributed`): on CPUs, a
+    peer that died closes its connections and the next all-reduce fails with this error."""
+    jax = sys.modules.get("jax")
+    if jax is None or not isinstance(error, jax.errors.JaxRuntimeError) \
+            or jax.process_count() < 2:
+        return None
+    what = " ".join(str(error).strip().splitlines()[0].split())
+    return (f"process {jax.process_index()} of {jax.process_count()}: a step across processes "
+            f"failed ({what}); another process of the job has stopped (its output may say "
+            "why). Once every process can run, start the same command in each: it resumes "
+            "from the last checkpoint.")

@@ -51,6 +51,17 @@ class MetricWriter:
         self.tensorboard.close()
 
 
+class NoMetricWriter:
+    """A MetricWriter that writes nothing: that of the processes of a job other than the
+    first, which writes the job's metrics once (`vid_jax.distributed`)."""
+
+    def write(self, epoch: int, metrics: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def read_metrics(path: str, drop_cut_last_line: bool = False) -> list[dict[str, Any]]:
     """The lines of a metrics.jsonl. A last line that a crash cut short (no newline at the end
     and not JSON) is dropped when `drop_cut_last_line` (a resume, which trains that epoch

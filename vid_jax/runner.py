@@ -26,6 +26,9 @@ again (a search run that diverged is recorded so, in `diverged.json`, and not ru
 an interrupted run resumes from its latest checkpoint (`train_and_evaluate` does that).
 After every group of runs of a grid, its results JSON and markdown table are rewritten, so
 an interrupted grid still leaves a table of what is done.
+
+In a job of several processes (`vid_jax.distributed`), every process runs the same runs; the
+first one writes the reports, `diverged.json` and what `--restart` clears.
 """
 from __future__ import annotations
 
@@ -41,7 +44,7 @@ import ml_collections
 import numpy as np
 from ml_collections.config_dict import placeholder
 
-from vid_jax import checkpoints, search
+from vid_jax import checkpoints, distributed, search
 from vid_jax.config_base import check_config
 from vid_jax.metric_writer import write_atomically
 from vid_jax.workdir import (
@@ -905,10 +908,11 @@ def grid_report(config: ml_collections.ConfigDict, runs: Sequence[Run], workdir:
                       search_seeds=_search_seeds(config), final_data=config.final_data,
                       search=searches)
     report.update(cells=results, table=table)
-    os.makedirs(os.path.dirname(os.path.abspath(config.results)), exist_ok=True)
-    write_atomically(config.results, json.dumps(report, indent=2))
-    write_atomically(os.path.splitext(config.results)[0] + ".md",
-                     markdown(config, table, command, searches))
+    if distributed.is_primary():
+        os.makedirs(os.path.dirname(os.path.abspath(config.results)), exist_ok=True)
+        write_atomically(config.results, json.dumps(report, indent=2))
+        write_atomically(os.path.splitext(config.results)[0] + ".md",
+                         markdown(config, table, command, searches))
     return report
 
 
@@ -995,9 +999,11 @@ def _train_group(group: Sequence[Run], train_fn: TrainFn, together_fn: TogetherF
             if not search_phase or culprit is None:
                 raise
             results[culprit.name] = {"diverged": str(error)}
-            os.makedirs(culprit.workdir, exist_ok=True)
-            write_atomically(os.path.join(culprit.workdir, DIVERGED),
-                             json.dumps(results[culprit.name], indent=2))
+            if distributed.is_primary():
+                os.makedirs(culprit.workdir, exist_ok=True)
+                write_atomically(os.path.join(culprit.workdir, DIVERGED),
+                                 json.dumps(results[culprit.name], indent=2))
+            distributed.sync("vid_jax: divergence recorded")
             remaining.remove(culprit)
             continue
         results.update({r.name: summary for r, summary in zip(remaining, done)})
@@ -1028,11 +1034,15 @@ def check_workdirs(runs: Sequence[Run], allow_changes: Sequence[str] = (),
             to_restart.append(r)
         elif check_resume(r.workdir, r.config, allow_changes) and r.done:
             reopened.add(r.workdir)
+    # Every process has read the workdirs: from here on the first one may change them.
+    distributed.sync("vid_jax: workdirs checked")
     for r in to_restart:  # only once every run passed its checks
-        with locked(r.workdir):
-            clear_outputs(r.workdir)
+        if distributed.is_primary():
+            with locked(r.workdir):
+                clear_outputs(r.workdir)
         print(f"{r.label()}: its config changed; starting over in {r.workdir} (--restart)",
               flush=True)
+    distributed.sync("vid_jax: workdirs cleared")
     return reopened
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import ml_collections
 
+from vid_jax import distributed
 from vid_jax.config_base import base_config
 
 CONFIG = "config.json"
@@ -195,10 +196,18 @@ def check_writable(workdir: str) -> None:
                            "--workdir or fix its permissions.")
 
 
+def _lock_path(workdir: str) -> str:
+    """This process's lock: `.lock`, or `.lock.<i>` for process i > 0 of a job of several
+    (`vid_jax.distributed`), so that the processes of one job do not refuse each other and
+    a second job's process i meets the first job's."""
+    index = distributed.process_index()
+    return os.path.join(workdir, LOCK if index == 0 else f"{LOCK}.{index}")
+
+
 def check_not_in_use(workdir: str) -> None:
     """A WorkdirError if another process holds `workdir`'s lock now (checked before a
     command trains anything; `locked` is what keeps it while training)."""
-    if os.path.exists(os.path.join(workdir, LOCK)):
+    if os.path.exists(_lock_path(workdir)):
         with locked(workdir):
             pass
 
@@ -207,11 +216,12 @@ def check_not_in_use(workdir: str) -> None:
 def locked(workdir: str) -> Iterator[None]:
     """Holds `workdir`'s lock, so that a second process refuses to train in it.
 
-    An advisory `flock` on `workdir/.lock`: the kernel releases it when the process ends, so
-    a killed run leaves no stale lock behind.
+    An advisory `flock` on `workdir/.lock` (`.lock.<i>` in process i of a job of several):
+    the kernel releases it when the process ends, so a killed run leaves no stale lock
+    behind. On a shared file system (NFS), flock is as good as that system's locks.
     """
     os.makedirs(workdir, exist_ok=True)
-    handle = open(os.path.join(workdir, LOCK), "a+")
+    handle = open(_lock_path(workdir), "a+")
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

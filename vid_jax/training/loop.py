@@ -9,9 +9,14 @@ weights of one term) can train together (`train_together`): one jitted step comp
 augmentation and the teacher's forward once and updates every run; each run keeps its own
 workdir, optimizer state, checkpoints, metrics and summary, as if trained alone.
 
-A workdir is trained by one process at a time (`vid_jax.workdir.locked`) and under one config:
+A workdir is trained by one job at a time (`vid_jax.workdir.locked`) and under one config:
 a rerun with other values is refused before anything is written, unless the changed fields
 are allowed (`allow_changes`; each change is recorded with its first epoch).
+
+A job of several processes (`vid_jax.distributed`) trains as one: every process runs this
+loop, and the checkpoints are saved and restored by all of them; the first process alone
+writes the metrics, TensorBoard, config.json and summary.json, and the others wait for it
+where they read what it wrote.
 """
 import contextlib
 import dataclasses
@@ -27,9 +32,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from vid_jax import data, methods
+from vid_jax import data, distributed, methods
 from vid_jax.checkpoints import Checkpoints
-from vid_jax.metric_writer import MetricWriter, read_metrics, write_atomically
+from vid_jax.metric_writer import MetricWriter, NoMetricWriter, read_metrics, write_atomically
 from vid_jax.training.mesh import AXIS
 from vid_jax.training.metrics import MetricSums, check_finite, summarize
 from vid_jax.training.prepare import Run, check_shareable, prepare, shared_train_step
@@ -90,7 +95,7 @@ def train_together(configs: Sequence[ml_collections.ConfigDict], workdirs: Seque
             state, done = run.state, {}
             for stage in run.stages:
                 if stage.epochs > 0:
-                    if run.config.get("log_epochs", True):
+                    if run.config.get("log_epochs", True) and distributed.is_primary():
                         print(f"stage {stage.name}: {stage.description} ({stage.epochs} "
                               "epochs)")
                     state, done[stage.name] = train_stage(
@@ -123,7 +128,7 @@ class _Progress:
     workdir: str
     state: TrainState
     checkpoints: Checkpoints
-    writer: MetricWriter
+    writer: MetricWriter | NoMetricWriter  # the first process writes; the others do not
     start_epoch: int
     eval_step: Any
     selection: str  # what chooses the epoch the run exports (`_selection`)
@@ -135,7 +140,7 @@ class _Progress:
     def start_writing(self, epoch: int) -> None:
         """Before a resumed run's first epoch writes: the run is no longer finished, and
         trains under its config from `epoch` on."""
-        if self.pending_changes is None:
+        if self.pending_changes is None or not distributed.is_primary():
             return
         summary = os.path.join(self.workdir, SUMMARY)
         if os.path.exists(summary):
@@ -172,27 +177,31 @@ def _open(run: Run, previous: TrainState, workdir: str, stage: methods.Stage | N
           num_epochs: int, allow_changes: Sequence[str]) -> _Progress:
     """The stage's state from `previous`, or from the workdir's latest checkpoint (the
     workdir's lock is held)."""
-    state = run.start_stage(stage, previous)
+    state = run.place(run.start_stage(stage, previous))
     changes = check_resume(workdir, run.config, allow_changes)
     # Validation passed: from here on the workdir is written.
+    primary = distributed.is_primary()
     os.makedirs(workdir, exist_ok=True)
-    checkpoints = Checkpoints(workdir)
+    checkpoints = Checkpoints(workdir)  # every process saves and restores
     start_epoch = 0
-    restored = checkpoints.restore_latest(jax.device_get(state))
+    restored = checkpoints.restore_latest(state)
     if restored is not None:
         state, start_epoch = restored
     pending = None
     if restored is None:  # a fresh start (a kill before the first save left nothing to keep)
-        write_atomically(os.path.join(workdir, CONFIG), run.config.to_json_best_effort(indent=2))
+        if primary:
+            write_atomically(os.path.join(workdir, CONFIG),
+                             run.config.to_json_best_effort(indent=2))
     elif start_epoch < num_epochs:  # recorded when the first epoch under it ends (_end_epoch)
         pending = changes
-    writer = MetricWriter(workdir, resume_epoch=start_epoch)
+    writer = MetricWriter(workdir, resume_epoch=start_epoch) if primary else NoMetricWriter()
+    distributed.sync("vid_jax: workdir opened")  # the metrics the others read next are resumed
     selection = _selection(run)
     best_epoch, best_accuracy = _best_so_far(workdir, start_epoch, selection, num_epochs)
     checkpoints.reconcile_best(best_epoch, best_accuracy, start_epoch,
                                {"params": state.params["student"],
                                 "batch_stats": state.batch_stats})
-    return _Progress(run, workdir, run.place(state), checkpoints, writer, start_epoch,
+    return _Progress(run, workdir, state, checkpoints, writer, start_epoch,
                      make_eval_step(run.student, run.mesh, run.config), selection,
                      best_accuracy, pending)
 
@@ -223,6 +232,7 @@ def train_stage_together(runs: Sequence[Run], previous: Sequence[TrainState],
             p.writer.close()
             p.checkpoints.close()
 
+    distributed.sync("vid_jax: stage trained")  # the first process's metrics are complete
     summaries = []
     for p, before in zip(progress, stages_before or [None] * len(progress)):
         summary = summarize(p.workdir, p.selection)
@@ -237,8 +247,10 @@ def train_stage_together(runs: Sequence[Run], previous: Sequence[TrainState],
             summary["trained_together_with"] = [q.workdir for q in progress if q is not p]
         if before:
             summary["stages"] = before
-        write_atomically(os.path.join(p.workdir, SUMMARY), json.dumps(summary, indent=2))
+        if distributed.is_primary():
+            write_atomically(os.path.join(p.workdir, SUMMARY), json.dumps(summary, indent=2))
         summaries.append(summary)
+    distributed.sync("vid_jax: summaries written")  # what a next run reads is written
     return [p.state for p in progress], summaries
 
 
@@ -267,7 +279,8 @@ def _train_epochs(progress: Sequence[_Progress], stage: methods.Stage | None, fi
         at_start: list[dict[str, float]] = [{} for _ in progress]
         for step in tqdm(range(first_step, first_step + sampler.steps_per_epoch),
                          desc=f"epoch {epoch}/{num_epochs}" + (f" ({names})" if shared else ""),
-                         leave=False, disable=not config.get("progress_bar", True)):
+                         leave=False, disable=not (config.get("progress_bar", True)
+                                                   and distributed.is_primary())):
             if shared:
                 states, metrics = step_fn(tuple(states), lead.batch(step))
             else:
@@ -306,11 +319,10 @@ def _end_epoch(p: _Progress, epoch: int, num_epochs: int, totals: dict[str, floa
     evaluated = epoch % config.get("eval_every_epochs", 1) == 0 or epoch == num_epochs
     if evaluated:
         eval_batch = config.get("eval_batch_size") or config.batch_size
-        sharding = NamedSharding(run.mesh, P(AXIS))
         for split_name, split in (("test", dataset.test), ("validation", dataset.validation)):
             if split is not None:
                 for k, v in evaluate(p.eval_step, variables, split, eval_batch,
-                                     sharding).items():
+                                     NamedSharding(run.mesh, P(AXIS))).items():
                     record[f"{split_name}_{k}"] = v
     p.start_writing(epoch)
     p.writer.write(epoch, record)
@@ -327,7 +339,7 @@ def _end_epoch(p: _Progress, epoch: int, num_epochs: int, totals: dict[str, floa
         p.best_accuracy = accuracy
     if new_best or epoch % config.checkpoint_every_epochs == 0 or epoch == num_epochs:
         p.checkpoints.save(epoch, p.state, variables if new_best else None, accuracy)
-    if config.get("log_epochs", True):
+    if config.get("log_epochs", True) and distributed.is_primary():
         test = f"  test_acc {record['test_accuracy']:.4f}" if evaluated else ""
         print(f"epoch {epoch:4d}  loss {record['loss']:.4f}  train_acc "
               f"{record['train_accuracy']:.4f}{test}  "
