@@ -22,6 +22,7 @@ GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data",
 # The golden fixture's BasicBlock ResNet (7 classes) as a vid-jax model config.
 GOLDEN_RESNET = dict(name="resnet18", stage_sizes=(2, 1, 1, 1), base_channels=4)
 GOLDEN_CLASSES = 7
+STUDENT = dict(name="vgg", config=((4,), (8,)))  # tiny: two max-pooled blocks, 8 features
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,7 @@ def _config(**teacher):
     config = base_config()
     config.data.mean, config.data.std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
     config.augment.update(crop_padding=0, crop_size=8)  # stored 12 x 12, input 8 x 8
-    config.model.update(depth=10, width=1)
+    config.model = dict(STUDENT)
     config.batch_size = config.eval_batch_size = 8
     config.num_devices = 1
     config.progress_bar = config.log_epochs = False
@@ -61,14 +62,14 @@ def _config(**teacher):
 def test_a_teacher_of_another_task_teaches_through_lwf_and_vid(torch_weights):
     config = _config(weights=torch_weights, num_classes=GOLDEN_CLASSES, image_size=16,
                      mean=pretrained.IMAGENET_MEAN, std=pretrained.IMAGENET_STD)
-    # The student's stage 2 (8 x 8 input: 4 x 4) meets the teacher's stage 1 (16 x 16: 4 x 4).
+    # The student's stage 1 (8 x 8 input: 4 x 4) meets the teacher's stage 1 (16 x 16: 4 x 4).
     config.distill.lwf = dict(weight=1.0, temperature=2.0)
-    config.distill.vid_i = dict(weight=1.0, layers=("group2",), teacher_layers=("stage1",))
+    config.distill.vid_i = dict(weight=1.0, layers=("stage1",), teacher_layers=("stage1",))
     run = training.prepare(config, _dataset())
     assert run.teacher.num_classes == GOLDEN_CLASSES and run.student.num_classes == 3
-    # LwF's old-task head predicts the teacher's 7 classes from the student's 64 features.
+    # LwF's old-task head predicts the teacher's 7 classes from the student's 8 features.
     assert run.state.params["heads"]["lwf"]["lwf"]["old_task_classifier"]["kernel"].shape == (
-        64, GOLDEN_CLASSES)
+        8, GOLDEN_CLASSES)
     torch_conv1 = pretrained.read_state_dict(torch_weights)["conv1.weight"]
     np.testing.assert_array_equal(run.teacher_variables["params"]["conv1"]["kernel"],
                                   np.transpose(torch_conv1, (2, 3, 1, 0)))
@@ -137,7 +138,7 @@ def test_a_student_starts_from_pytorch_weights_all_but_its_classifier(torch_weig
 def test_a_student_starts_from_a_runs_checkpoint(monkeypatch, tmp_path):
     """From a run's workdir (its best/ variables, read by `checkpoints.load_variables`): a run
     of 5 classes fine-tuned on 3."""
-    source = build_model(dict(name="wrn", depth=10, width=1), 5)
+    source = build_model(STUDENT, 5)
     saved = jax.jit(lambda: source.init(jax.random.key(3), np.zeros((1, 8, 8, 3)),
                                         train=False))()
     monkeypatch.setattr(checkpoints, "load_variables",
@@ -147,8 +148,8 @@ def test_a_student_starts_from_a_runs_checkpoint(monkeypatch, tmp_path):
     config.init_from.update(workdir="source", load_classifier=True)
     student = build_model(config.model, 3)
     with pytest.raises(ValueError, match=r"The checkpoint in source does not fit config.model: "
-                                         r"params/Dense_0/kernel has shape \(64, 5\) there and "
-                                         r"\(64, 3\) in the model\. A checkpoint of another "
+                                         r"params/classifier/kernel has shape \(8, 5\) there and "
+                                         r"\(8, 3\) in the model\. A checkpoint of another "
                                          r"task's classes loads with"):
         init_student(config.init_from, student, {}, (8, 8, 3))
     config.init_from.weights = "x.safetensors"
@@ -156,11 +157,11 @@ def test_a_student_starts_from_a_runs_checkpoint(monkeypatch, tmp_path):
         init_student(config.init_from, student, {}, (8, 8, 3))
     config.init_from.update(weights=None, load_classifier=False)
     run = training.prepare(config, _dataset())
-    np.testing.assert_array_equal(run.state.params["student"]["Conv_0"]["kernel"],
-                                  saved["params"]["Conv_0"]["kernel"])
-    np.testing.assert_array_equal(run.state.batch_stats["BatchNorm_0"]["var"],
-                                  saved["batch_stats"]["BatchNorm_0"]["var"])
-    assert run.state.params["student"]["Dense_0"]["kernel"].shape == (64, 3)
+    np.testing.assert_array_equal(run.state.params["student"]["stage2_conv0"]["kernel"],
+                                  saved["params"]["stage2_conv0"]["kernel"])
+    np.testing.assert_array_equal(run.state.batch_stats["stage1_bn0"]["var"],
+                                  saved["batch_stats"]["stage1_bn0"]["var"])
+    assert run.state.params["student"]["classifier"]["kernel"].shape == (8, 3)
 
 
 def test_the_transfer_grids_expand_with_their_rows_and_the_papers_numbers(tmp_path):
