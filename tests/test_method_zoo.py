@@ -58,5 +58,6 @@ def test_method_trains_and_its_loss_goes_down(name, teacher_variables):
     assert curves, "the term never gave a loss"
     for stage_name, values in curves.items():
         assert np.all(np.isfinite(values)), (stage_name, values)
-        # The mean of the last three steps, against the first: robust to sampled negatives.
-        assert values[-3:].mean() < values[0], (stage_name, values)
+        # The mean of the last three steps against that of the first three: robust to sampled
+        # negatives and to a loss that first rises as batch norm's statistics move (SP's).
+        assert values[-3:].mean() < values[:3].mean(), (stage_name, values)
