@@ -44,7 +44,7 @@ FREE_FIELDS = ("progress_bar", "log_epochs", "eval_batch_size", "eval_every_epoc
 DERIVED_FIELDS = ("data.mean", "data.std")
 # Fields that fix the images a run sees, its models, its terms and their variables: a run
 # cannot resume under other values (its checkpoints and batches would not fit them).
-FIXED_FIELDS = ("seed", "batch_size", "model", "teacher", "data", "stage_epochs",
+FIXED_FIELDS = ("seed", "batch_size", "model", "teacher", "data", "stage_epochs", "init_from",
                 "distill.*.method", "distill.*.layers", "distill.*.mean_network",
                 "distill.*.variance")
 
