@@ -16,10 +16,13 @@ horse, ship, truck) from M images per class, with Table 3's rows. The argument a
 The grids read the source pipeline's runs from workdirs/cifar10_transfer (--config.teacher.
 workdir and --config.table.row_changes.fine_tuned.init_from.workdir point elsewhere). Images
 stay 32 x 32 (padded crops and flips); the ImageNet-form networks then end at 1 x 1 maps.
-Layers: as configs/transfer_table3.py (the teacher's four stage ends; the student's of the
-same strides). Every cell trains about 61,440 images (cosine, batch 16, lr 0.05; the
-fine_tuned row lr 0.005): 1,229 epochs of the 50 images of M = 10, 246 of the 250 of M = 50.
-These values are this library's guesses, not chosen on a validation split.
+Widths are this CPU's: at 32 x 32 a full-width ResNet-34 trains at 43 images/s on 2 cores and
+VGG-9 at 27, so the teacher is a ResNet-34 of half width (base_channels 32: 161 images/s) and
+the students quarter width (16: ResNet-18 1,295, VGG-9 599 images/s). The source runs train 12
+epochs of their 25,000 images. Layers: as configs/transfer_table3.py (the teacher's four stage
+ends; the student's of the same strides). Every cell trains about 15,360 images (cosine, batch
+16, lr 0.05; the fine_tuned row lr 0.005): 307 epochs of the 50 images of M = 10, 61 of the 250
+of M = 50. These values are this library's guesses, not chosen on a validation split.
 """
 import ml_collections
 from ml_collections.config_dict import placeholder
@@ -33,7 +36,12 @@ TARGET_CLASSES = ("dog", "frog", "horse", "ship", "truck")
 SOURCE_WORKDIR = "workdirs/cifar10_transfer"  # the source pipeline's default workdir
 M = (10, 50)
 STUDENTS = ("resnet18", "vgg9")
-IMAGES_PER_CELL = 61_440
+# The networks, by role name: widths this CPU affords (see the docstring).
+MODELS = {"resnet34": dict(name="resnet34", base_channels=32),
+          "resnet18": dict(name="resnet18", base_channels=16),
+          "vgg9": dict(name="vgg9", base_channels=16)}
+SOURCE_EPOCHS = 12
+IMAGES_PER_CELL = 15_360
 
 
 def run_config(model: str, classes, num_epochs: int | None) -> ml_collections.ConfigDict:
@@ -41,7 +49,7 @@ def run_config(model: str, classes, num_epochs: int | None) -> ml_collections.Co
     statistics (of all ten classes)."""
     config = cifar10_recipe()
     config.data.update(source="arrays", path=common.CIFAR10_LOSSLESS, classes=tuple(classes))
-    config.model = ml_collections.ConfigDict(dict(name=model))
+    config.model = ml_collections.ConfigDict(MODELS[model])
     config.num_epochs = num_epochs
     config.batch_size, config.eval_batch_size = 64, 512
     config.optimizer.update(learning_rate=0.1, schedule="cosine", weight_decay=5e-4)
@@ -51,7 +59,7 @@ def run_config(model: str, classes, num_epochs: int | None) -> ml_collections.Co
 def source_pipeline() -> ml_collections.ConfigDict:
     """The teacher and the students' networks on the source classes (all 25,000 images)."""
     config = ml_collections.ConfigDict()
-    config.jobs = {name: run_config(name, SOURCE_CLASSES, 30)
+    config.jobs = {name: run_config(name, SOURCE_CLASSES, SOURCE_EPOCHS)
                    for name in ("resnet34", *STUDENTS)}
     config.job_order = ("resnet34", *STUDENTS)
     config.descriptions = {name: f"{name} on {', '.join(SOURCE_CLASSES)}"
@@ -73,7 +81,7 @@ def target_grid(student: str) -> ml_collections.ConfigDict:
         f"{transfer_table3.TITLES[student]} student on {', '.join(TARGET_CLASSES)}, M images "
         "per class", cell, common.TABLE3_ROWS, columns,
         terms=transfer_table3.terms(student),
-        teacher=teacher_config(dict(name="resnet34"), f"{SOURCE_WORKDIR}/resnet34",
+        teacher=teacher_config(MODELS["resnet34"], f"{SOURCE_WORKDIR}/resnet34",
                                num_classes=len(SOURCE_CLASSES)),
         train_images={f"M={m}": m * len(TARGET_CLASSES) for m in M},
         seeds=(0, 1), seed_fields=("seed", "data.subset_seed"), scale="small",

@@ -33,10 +33,12 @@ VGG9 = ((64,), (128,), (256, 256), (512, 512), (512, 512))
 
 
 class VGG(nn.Module):
-    """VGG-BN with the blocks of `config`; `bn_axis_name` averages batch statistics over devices."""
+    """VGG-BN with the blocks of `config`; `bn_axis_name` averages batch statistics over devices;
+    `base_channels` (64, the width of VGG's first block) scales every width, for smaller nets."""
 
     config: Sequence[Sequence[int]]
     num_classes: int
+    base_channels: int = 64
     bn_axis_name: str | None = None
     dtype: Any = jnp.float32
     CLASSIFIER: ClassVar[str] = "classifier"  # the module that makes the logits
@@ -49,6 +51,7 @@ class VGG(nn.Module):
         x = x.astype(self.dtype)
         for stage, channels in enumerate(self.config, start=1):
             for index, width in enumerate(channels):
+                width = width * self.base_channels // 64
                 x = conv(width, 3, 1, self.dtype, name=f"stage{stage}_conv{index}")(x)
                 x = norm(name=f"stage{stage}_bn{index}")(x)
                 if index < len(channels) - 1:
