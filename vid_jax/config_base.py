@@ -8,6 +8,7 @@ from typing import Any
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from vid_jax.data.stream import check_load
 from vid_jax.pretrained import IMAGENET_CROP, IMAGENET_MEAN, IMAGENET_RESIZE, IMAGENET_STD
 
 
@@ -39,7 +40,13 @@ def base_config() -> ml_collections.ConfigDict:
         validation_fraction=0.0,            # per-class hold-out (the paper used 0.2)
         subset_seed=0,
         mean=placeholder(tuple),            # None: computed from the training images
-        std=placeholder(tuple),
+        std=placeholder(tuple),             # (streamed: from a sample of 1,000 of them)
+        load="memory",                      # memory: whole splits decoded into RAM at the
+                                            # start (small sets, fastest steps); stream: each
+                                            # batch decoded from disk on read_threads threads
+                                            # (sets larger than RAM: image_folder, image_list,
+                                            # tfds as array_record; needs image_size)
+        read_threads=placeholder(int),      # stream: decoding threads; None: one per core
     ))
     config.augment = ml_collections.ConfigDict(dict(
         crop_padding=4, flip=True,
@@ -184,6 +191,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     _at_least(config, "data.labels_per_class", 0 if distills else 1,
               "keep at least 1 label per class (None: all); 0 only trains with distillation "
               "terms, which learn from unlabelled images", optional=True)
+    check_load(config.data)
     fraction = config.data.get("validation_fraction") or 0.0
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"config.data.validation_fraction={fraction!r}: hold out a fraction "

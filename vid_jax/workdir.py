@@ -38,7 +38,7 @@ OUTPUTS = ("checkpoints", "best", "stages", "tensorboard", "metrics.jsonl", SUMM
 
 # Fields that do not change what a run computes: they may differ on any rerun.
 FREE_FIELDS = ("progress_bar", "log_epochs", "eval_batch_size", "eval_every_epochs",
-               "checkpoint_every_epochs", "data.data_dir", "data.download")
+               "checkpoint_every_epochs", "data.data_dir", "data.download", "data.read_threads")
 # Fields that a config may leave None for the run to compute (from the training images); the
 # saved config holds the computed value.
 DERIVED_FIELDS = ("data.mean", "data.std")

@@ -1,5 +1,5 @@
-"""Data sets in memory: loaders (TFDS, image folders, .npz archives, scikit-learn's digits)
-and seeded per-class subsets of the training split."""
+"""Data sets: loaders (TFDS, image folders, .npz archives, scikit-learn's digits), in memory
+or streamed from disk (`stream.py`), and seeded per-class subsets of the training split."""
 from vid_jax.data.sources import (
     SOURCES,
     load_arrays,
@@ -8,6 +8,14 @@ from vid_jax.data.sources import (
     load_image_folder,
     load_image_list,
     load_tfds,
+)
+from vid_jax.data.stream import (
+    LOADS,
+    STREAM_SOURCES,
+    StreamSplit,
+    pixel_statistics,
+    read_batches,
+    read_threads,
 )
 from vid_jax.data.subsets import (
     apply_subsets,
@@ -19,7 +27,8 @@ from vid_jax.data.subsets import (
 from vid_jax.data.types import Dataset, DatasetUnavailableError, Split
 
 __all__ = [
-    "SOURCES", "Dataset", "DatasetUnavailableError", "Split", "apply_subsets", "holdout_split",
-    "images_per_class", "labelled_mask", "load_arrays", "load_dataset", "load_digits",
-    "load_image_folder", "load_image_list", "load_tfds", "select_classes",
+    "LOADS", "SOURCES", "STREAM_SOURCES", "Dataset", "DatasetUnavailableError", "Split",
+    "StreamSplit", "apply_subsets", "holdout_split", "images_per_class", "labelled_mask",
+    "load_arrays", "load_dataset", "load_digits", "load_image_folder", "load_image_list",
+    "load_tfds", "pixel_statistics", "read_batches", "read_threads", "select_classes",
 ]

@@ -50,6 +50,13 @@ def resized(image: Image.Image, image_size: int | None, mode: str = "stretch") -
         (left, top, left + image_size, top + image_size))
 
 
+def stored_image(image: np.ndarray, image_size: int, resize: str = "stretch") -> np.ndarray:
+    """A decoded image array ([H, W, 1] grey or [H, W, 3]) as uint8 RGB at the stored size
+    (`resized`): how a TFDS record is stored, in memory or streamed."""
+    pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+    return np.asarray(resized(pil.convert("RGB"), image_size, resize))
+
+
 # ---------------------------------------------------------------------------------------------
 # TFDS.
 
@@ -98,8 +105,7 @@ def _read_tfds_split(ds, name: str, split: str, image_size: int | None = None,
     if image_size is not None:
         images, labels = [], []
         for image, label in tfds.as_numpy(ds):
-            pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-            images.append(np.asarray(resized(pil.convert("RGB"), image_size, resize)))
+            images.append(stored_image(image, image_size, resize))
             labels.append(label)
         if not images:
             raise ValueError(f"TFDS data set {name!r} split {split!r} is empty.")
@@ -132,6 +138,20 @@ def _without_tfds_probe_warnings():
         absl_logger.removeFilter(keep)
 
 
+def import_tfds(name: str):
+    """TensorFlow Datasets (slow to import: only when TFDS is used), kept off the
+    accelerators; without the `tfds` extra, a DatasetUnavailableError that names it."""
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        raise DatasetUnavailableError(
+            f"config.data.source='tfds' ({name}) needs TensorFlow Datasets, an optional extra: "
+            "pip install 'vid-jax[tfds]' (from a clone: pip install -e '.[tfds]'), or read the "
+            "data from an image folder or an .npz (config.data.source).") from None
+    _hide_gpus_from_tensorflow()
+    return tfds
+
+
 def load_tfds(name: str, data_dir: str | None = None, train_split: str = "train",
               test_split: str = "test", download: bool = True, image_size: int | None = None,
               resize: str = "stretch") -> Dataset:
@@ -141,14 +161,7 @@ def load_tfds(name: str, data_dir: str | None = None, train_split: str = "train"
     Reads what is prepared in `data_dir` first; downloads only if that fails, `download` is
     set and the network answers. Otherwise raises DatasetUnavailableError.
     """
-    try:
-        import tensorflow_datasets as tfds  # slow to import: only when TFDS is used
-    except ImportError:
-        raise DatasetUnavailableError(
-            f"config.data.source='tfds' ({name}) needs TensorFlow Datasets, an optional extra: "
-            "pip install 'vid-jax[tfds]' (from a clone: pip install -e '.[tfds]'), or read the "
-            "data from an image folder or an .npz (config.data.source).") from None
-    _hide_gpus_from_tensorflow()
+    tfds = import_tfds(name)
 
     def load(split: str, may_download: bool):
         return tfds.load(name, split=split, data_dir=data_dir, as_supervised=True,
@@ -198,7 +211,7 @@ def _image_files(class_dir: Path) -> list[Path]:
     return files
 
 
-def _decode(path: Path, image_size: int | None, resize: str = "stretch") -> np.ndarray:
+def decode_image(path: Path, image_size: int | None, resize: str = "stretch") -> np.ndarray:
     """One image as uint8 RGB [H, W, 3], resized to a square if `image_size` (`resized`)."""
     try:
         with Image.open(path) as image:
@@ -209,15 +222,16 @@ def _decode(path: Path, image_size: int | None, resize: str = "stretch") -> np.n
         raise ValueError(f"Cannot decode {path}: {error}. Replace or remove the file.") from None
 
 
-def _read_folder_split(split_dir: Path, class_names: tuple[str, ...], image_size: int | None,
-                       num_threads: int, resize: str = "stretch") -> Split:
-    """Decodes every image of one split; labels are positions in `class_names`."""
+def _folder_split_files(split_dir: Path,
+                        class_names: tuple[str, ...]) -> tuple[list[Path], list[int]]:
+    """One split's image files, class by class, and their labels (positions in
+    `class_names`)."""
     files, labels = [], []
     for label, class_name in enumerate(class_names):
         class_files = _image_files(split_dir / class_name)
         files += class_files
         labels += [label] * len(class_files)
-    return _decoded_split(files, labels, image_size, resize, num_threads, str(split_dir))
+    return files, labels
 
 
 def _decoded_split(files: list[Path], labels: list[int], image_size: int | None, resize: str,
@@ -225,7 +239,7 @@ def _decoded_split(files: list[Path], labels: list[int], image_size: int | None,
     # Pillow releases the GIL while it decodes and resizes, so threads help with large images
     # (CUB, MIT-67); for tiny ones (CIFAR) header parsing in Python dominates.
     with ThreadPoolExecutor(num_threads) as pool:
-        images = list(pool.map(lambda f: _decode(f, image_size, resize), files))
+        images = list(pool.map(lambda f: decode_image(f, image_size, resize), files))
     sizes = sorted({image.shape[:2] for image in images})
     if len(sizes) > 1:
         raise ValueError(
@@ -234,15 +248,12 @@ def _decoded_split(files: list[Path], labels: list[int], image_size: int | None,
     return Split.from_arrays(np.stack(images), np.asarray(labels, np.int32))
 
 
-def load_image_folder(path: str | os.PathLike, train_split: str = "train",
-                      test_split: str = "test", image_size: int | None = None,
-                      num_threads: int = 8, resize: str = "stretch") -> Dataset:
-    """A data set laid out as `path/<split>/<class>/*.{jpg,jpeg,png}`, read whole.
-
-    The classes are the train split's subdirectories in sorted order; the test split must have
-    the same ones. Images are decoded as RGB and, if `image_size` is set, resized to
-    `image_size` x `image_size` (`resized`).
-    """
+def image_folder_files(path: str | os.PathLike, train_split: str = "train",
+                       test_split: str = "test"
+                       ) -> tuple[tuple[str, ...], dict[str, tuple[list[Path], list[int]]]]:
+    """The classes of an image folder `path/<split>/<class>/*.{jpg,jpeg,png}` and, per split,
+    its image files and their labels, checked: both splits exist and have the same classes
+    (the train split's subdirectories, in sorted order)."""
     root = Path(path).expanduser()
     if not root.is_dir():
         raise DatasetUnavailableError(
@@ -263,8 +274,23 @@ def load_image_folder(path: str | os.PathLike, train_split: str = "train",
         extra = sorted(set(test_classes) - set(class_names))
         raise ValueError(f"The {test_split!r} split of {root} must have the same classes as "
                          f"{train_split!r}; missing from it: {missing}, only in it: {extra}.")
-    train, test = (_read_folder_split(split_dirs[s], class_names, image_size, num_threads,
-                                      resize) for s in (train_split, test_split))
+    return class_names, {split: _folder_split_files(split_dir, class_names)
+                         for split, split_dir in split_dirs.items()}
+
+
+def load_image_folder(path: str | os.PathLike, train_split: str = "train",
+                      test_split: str = "test", image_size: int | None = None,
+                      num_threads: int = 8, resize: str = "stretch") -> Dataset:
+    """A data set laid out as `path/<split>/<class>/*.{jpg,jpeg,png}`, read whole.
+
+    The classes are the train split's subdirectories in sorted order; the test split must have
+    the same ones. Images are decoded as RGB and, if `image_size` is set, resized to
+    `image_size` x `image_size` (`resized`).
+    """
+    class_names, listed = image_folder_files(path, train_split, test_split)
+    root = Path(path).expanduser()
+    train, test = (_decoded_split(*listed[s], image_size, resize, num_threads, str(root / s))
+                   for s in (train_split, test_split))
     if train.images.shape[1:] != test.images.shape[1:]:
         raise ValueError(f"Train images are {train.images.shape[1:3]} but test images are "
                          f"{test.images.shape[1:3]}; set --config.data.image_size.")
@@ -288,14 +314,11 @@ def _read_list(list_file: Path) -> list[str]:
     return entries
 
 
-def load_image_list(path: str | os.PathLike, train_list: str | os.PathLike,
-                    test_list: str | os.PathLike, image_size: int | None = None,
-                    resize: str = "stretch", num_threads: int = 8) -> Dataset:
-    """A data set whose splits are lists of image paths under `path`, each `<class>/<image>`
-    (MIT-67's TrainImages.txt and TestImages.txt under its Images folder), read whole. A
-    relative list file is looked for in `path`, then in its parent. The classes are those of
-    the train list, sorted; the test list may have no other. Images are decoded as RGB and
-    resized to `image_size` if set (`resized`)."""
+def image_list_files(path: str | os.PathLike, train_list: str | os.PathLike,
+                     test_list: str | os.PathLike
+                     ) -> tuple[tuple[str, ...], list[tuple[list[Path], list[int]]]]:
+    """The classes of the image lists under `path` (`load_image_list`) and, for the train and
+    the test list, their image files and labels, checked: every listed image exists."""
     root = Path(path).expanduser()
     if not root.is_dir():
         raise DatasetUnavailableError(f"Image root {root} does not exist (for MIT-67: the "
@@ -320,10 +343,23 @@ def load_image_list(path: str | os.PathLike, train_list: str | os.PathLike,
         if missing:
             raise DatasetUnavailableError(f"{len(missing)} listed images are missing under "
                                           f"{root}, e.g. {missing[0]}.")
-        splits.append(_decoded_split([root / e for e in entries],
-                                     [label[Path(e).parts[0]] for e in entries], image_size,
-                                     resize, num_threads, str(root)))
-    return Dataset(train=splits[0], test=splits[1], num_classes=len(class_names),
+        splits.append(([root / e for e in entries], [label[Path(e).parts[0]] for e in entries]))
+    return class_names, splits
+
+
+def load_image_list(path: str | os.PathLike, train_list: str | os.PathLike,
+                    test_list: str | os.PathLike, image_size: int | None = None,
+                    resize: str = "stretch", num_threads: int = 8) -> Dataset:
+    """A data set whose splits are lists of image paths under `path`, each `<class>/<image>`
+    (MIT-67's TrainImages.txt and TestImages.txt under its Images folder), read whole. A
+    relative list file is looked for in `path`, then in its parent. The classes are those of
+    the train list, sorted; the test list may have no other. Images are decoded as RGB and
+    resized to `image_size` if set (`resized`)."""
+    class_names, listed = image_list_files(path, train_list, test_list)
+    where = str(Path(path).expanduser())
+    train, test = (_decoded_split(files, labels, image_size, resize, num_threads, where)
+                   for files, labels in listed)
+    return Dataset(train=train, test=test, num_classes=len(class_names),
                    class_names=class_names)
 
 
@@ -463,14 +499,19 @@ SOURCES: dict[str, Callable[[DataConfig], Dataset]] = {
 
 def load_dataset(data_config: DataConfig) -> Dataset:
     """The data set `data_config.source` names, with the config's class selection and subsets
-    applied."""
+    applied: in memory, or streamed from disk with `data_config.load="stream"`
+    (`vid_jax.data.stream`)."""
     source = data_config.get("source") or "tfds"
     if source not in SOURCES:
         raise ValueError(f"Unknown data source {source!r}; known: {', '.join(SOURCES)}.")
     if (data_config.get("resize") or "stretch") not in RESIZE_MODES:
         raise ValueError(f"data.resize={data_config.get('resize')!r}: choose one of "
                          f"{', '.join(RESIZE_MODES)}.")
-    dataset = select_classes(SOURCES[source](data_config), data_config.get("classes"))
+    from vid_jax.data import stream  # it reads with this module's decoders
+    stream.check_load(data_config)
+    read = (stream.STREAMS[source] if (data_config.get("load") or "memory") == "stream"
+            else SOURCES[source])
+    dataset = select_classes(read(data_config), data_config.get("classes"))
     dataset = apply_subsets(dataset, data_config)
     if source == "arrays" and data_config.get("image_size") is not None:
         dataset = resize_images(dataset, data_config.get("image_size"),

@@ -1,4 +1,6 @@
-"""The in-memory data set: whole splits as NumPy arrays, which the trainer indexes per batch."""
+"""The data set: its splits and classes. An in-memory `Split` holds whole arrays, which the
+trainer indexes per batch; a streamed split (`stream.StreamSplit`) decodes each batch's images
+from disk. Both give a batch's rows with `rows(indices)`."""
 from __future__ import annotations
 
 import dataclasses
@@ -52,10 +54,20 @@ class Split:
         """The examples at `indices`, in that order."""
         return Split(self.images[indices], self.labels[indices], self.labelled[indices])
 
+    def rows(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(images, labels, labelled) of the examples at `indices`: a batch's arrays."""
+        return self.images[indices], self.labels[indices], self.labelled[indices]
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """The stored [H, W, C] of every image."""
+        return tuple(self.images.shape[1:])
+
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-    """A data set's splits and classes; `validation` is None unless one was held out."""
+    """A data set's splits and classes; `validation` is None unless one was held out. The
+    splits are `Split`s, or `stream.StreamSplit`s (`config.data.load="stream"`)."""
 
     train: Split
     test: Split

@@ -18,10 +18,13 @@ class BatchSampler:
         return max(1, self.num_examples // self.batch_size)
 
     def _permutation(self, epoch: int) -> np.ndarray:
-        if self._cache is None or self._cache[0] != epoch:
+        # Read once into a local: a streamed run's reading threads call this at once
+        # (`data.read_batches`), and another may replace the cache in between.
+        cached = self._cache
+        if cached is None or cached[0] != epoch:
             rng = np.random.default_rng([self.seed, epoch])
-            self._cache = (epoch, rng.permutation(self.num_examples))
-        return self._cache[1]
+            cached = self._cache = (epoch, rng.permutation(self.num_examples))
+        return cached[1]
 
     def indices(self, step: int) -> np.ndarray:
         out, position = [], step * self.batch_size
