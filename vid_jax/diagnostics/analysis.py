@@ -340,7 +340,7 @@ def training_images(run: FinishedRun) -> np.ndarray:
         return run.dataset.train.images
     data_config = copy.deepcopy(data_config)
     data_config.images_per_class = data_config.labels_per_class = None
-    return data.load_dataset(data_config).train.images
+    return data.load_dataset({**data_config.to_dict(), "load": "memory"}).train.images
 
 
 def _pairs(run: FinishedRun, layers: Sequence[str] | None) -> tuple[list[LayerPair], VIDI]:

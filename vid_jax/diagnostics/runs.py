@@ -113,7 +113,8 @@ def load_run(workdir: str, teacher: str | ml_collections.ConfigDict | None = Non
     config = read_config(workdir)
     teacher_config = _teacher_config(config, teacher)
     state = load_variables(workdir, "checkpoints")
-    dataset = dataset if dataset is not None else data.load_dataset(config.data)
+    if dataset is None:  # read whole, also a streamed run's: the diagnostics index its arrays
+        dataset = data.load_dataset({**config.data.to_dict(), "load": "memory"})
     image_shape = dataset.train.images.shape[1:]
     teacher_model = teacher_variables = None
     if teacher_config is not None:

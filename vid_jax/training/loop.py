@@ -23,7 +23,7 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
@@ -37,7 +37,7 @@ from vid_jax.checkpoints import Checkpoints
 from vid_jax.metric_writer import MetricWriter, NoMetricWriter, read_metrics, write_atomically
 from vid_jax.training.mesh import AXIS
 from vid_jax.training.metrics import MetricSums, check_finite, summarize
-from vid_jax.training.prepare import Run, check_shareable, prepare, shared_train_step
+from vid_jax.training.prepare import Batch, Run, check_shareable, prepare, shared_train_step
 from vid_jax.training.step import TrainState, evaluate, make_eval_step
 from vid_jax.workdir import (
     CONFIG,
@@ -261,8 +261,7 @@ def _train_epochs(progress: Sequence[_Progress], stage: methods.Stage | None, fi
     if first > last:
         return
     lead = progress[0].run  # the runs share batches: any of them gives them
-    config, sampler = lead.config, lead.sampler
-    shared = len(progress) > 1
+    sampler, shared = lead.sampler, len(progress) > 1
     step_fn = (shared_train_step([p.run for p in progress], stage) if shared
                else lead.train_step(stage))
     states = [p.state for p in progress]
@@ -271,31 +270,42 @@ def _train_epochs(progress: Sequence[_Progress], stage: methods.Stage | None, fi
         p.compile_seconds = max(p.compile_seconds, compile_seconds)
     schedules = [p.run.optimizer(stage)[1] for p in progress]
     names = ", ".join(os.path.basename(p.workdir.rstrip("/")) for p in progress)
+    # One reader for all the epochs: a streamed set keeps decoding ahead while an epoch ends.
+    with contextlib.closing(lead.batches((first - 1) * sampler.steps_per_epoch,
+                                         last * sampler.steps_per_epoch)) as batches:
+        for epoch in range(first, last + 1):
+            _train_epoch(progress, step_fn, batches, epoch, num_epochs, schedules, names)
 
-    for epoch in range(first, last + 1):
-        t0 = time.perf_counter()
-        sums = [MetricSums() for _ in progress]
-        first_step = (epoch - 1) * sampler.steps_per_epoch
-        at_start: list[dict[str, float]] = [{} for _ in progress]
-        for step in tqdm(range(first_step, first_step + sampler.steps_per_epoch),
-                         desc=f"epoch {epoch}/{num_epochs}" + (f" ({names})" if shared else ""),
-                         leave=False, disable=not (config.get("progress_bar", True)
-                                                   and distributed.is_primary())):
-            if shared:
-                states, metrics = step_fn(tuple(states), lead.batch(step))
-            else:
-                (states, metrics) = step_fn(states[0], lead.batch(step))
-                states, metrics = [states], [metrics]
-            for i, m in enumerate(metrics):
-                sums[i].add(m)
-                if step == 0:  # the losses of the weights the stage starts from
-                    at_start[i] = {f"{k}_at_start": float(v)
-                                   for k, v in jax.device_get(m).items() if k.endswith("_loss")}
-        seconds = time.perf_counter() - t0
-        for i, p in enumerate(progress):
-            p.state = states[i]
-            _end_epoch(p, epoch, num_epochs, sums[i].result(), at_start[i], schedules[i],
-                       seconds)
+
+def _train_epoch(progress: Sequence[_Progress], step_fn, batches: Iterator[Batch], epoch: int,
+                 num_epochs: int, schedules: Sequence[Any], names: str) -> None:
+    """One epoch of every run in `progress`, its batches taken from `batches`; then each run's
+    epoch is evaluated, written and checkpointed (`_end_epoch`)."""
+    lead, shared = progress[0].run, len(progress) > 1
+    config, sampler = lead.config, lead.sampler
+    states = [p.state for p in progress]
+    t0 = time.perf_counter()
+    sums = [MetricSums() for _ in progress]
+    first_step = (epoch - 1) * sampler.steps_per_epoch
+    at_start: list[dict[str, float]] = [{} for _ in progress]
+    for step in tqdm(range(first_step, first_step + sampler.steps_per_epoch),
+                     desc=f"epoch {epoch}/{num_epochs}" + (f" ({names})" if shared else ""),
+                     leave=False, disable=not (config.get("progress_bar", True)
+                                               and distributed.is_primary())):
+        if shared:
+            states, metrics = step_fn(tuple(states), next(batches))
+        else:
+            (states, metrics) = step_fn(states[0], next(batches))
+            states, metrics = [states], [metrics]
+        for i, m in enumerate(metrics):
+            sums[i].add(m)
+            if step == 0:  # the losses of the weights the stage starts from
+                at_start[i] = {f"{k}_at_start": float(v)
+                               for k, v in jax.device_get(m).items() if k.endswith("_loss")}
+    seconds = time.perf_counter() - t0
+    for i, p in enumerate(progress):
+        p.state = states[i]
+        _end_epoch(p, epoch, num_epochs, sums[i].result(), at_start[i], schedules[i], seconds)
 
 
 def _end_epoch(p: _Progress, epoch: int, num_epochs: int, totals: dict[str, float],
@@ -322,7 +332,8 @@ def _end_epoch(p: _Progress, epoch: int, num_epochs: int, totals: dict[str, floa
         for split_name, split in (("test", dataset.test), ("validation", dataset.validation)):
             if split is not None:
                 for k, v in evaluate(p.eval_step, variables, split, eval_batch,
-                                     NamedSharding(run.mesh, P(AXIS))).items():
+                                     NamedSharding(run.mesh, P(AXIS)),
+                                     data.read_threads(config.data)).items():
                     record[f"{split_name}_{k}"] = v
     p.start_writing(epoch)
     p.writer.write(epoch, record)

@@ -5,11 +5,13 @@ every layer a term reads, and initialises the train state. A `Run` then gives wh
 needs: its initial state, its optimizer and its jitted step (`run.train_step(stage)`, the one
 call tests and benchmarks use to build a step).
 """
+import contextlib
 import copy
 import dataclasses
+import functools
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -90,12 +92,12 @@ def init_student(init_from, student: nn.Module, variables: dict[str, Any],
 
 
 def _resolved_data_config(config, dataset: data.Dataset) -> None:
-    """Fills in per-channel mean/std from the training images when the config leaves them out."""
+    """Fills in per-channel mean/std from the training images when the config leaves them out
+    (`data.pixel_statistics`: of a streamed set, a sample)."""
     with config.unlocked():
         if config.data.get("mean") is None or config.data.get("std") is None:
-            pixels = dataset.train.images.reshape(-1, dataset.train.images.shape[-1]) / 255.0
-            config.data.mean = tuple(float(v) for v in pixels.mean(0))
-            config.data.std = tuple(float(v) for v in pixels.std(0))
+            config.data.mean, config.data.std = data.pixel_statistics(
+                dataset.train, data.read_threads(config.data))
 
 
 def _merged(first: Mapping[str, Any], second: Mapping[str, Any]) -> dict[str, Any]:
@@ -204,14 +206,31 @@ class Run:
         """`tree` replicated on every device of the mesh (a state, variables)."""
         return replicate(self.mesh, tree)
 
+    @functools.cached_property
+    def _rows(self) -> np.ndarray:
+        return process_rows(self.mesh, self.sampler.batch_size)
+
+    def _indices(self, step: int) -> np.ndarray:
+        """This process's rows of the global batch of `step` (indices into the training set)."""
+        return self.sampler.indices(step)[self._rows]
+
     def batch(self, step: int) -> Batch:
         """The training batch of `step`, split over the mesh's devices. The sampler draws the
         global batch; each process loads and places only its own rows of it."""
-        batch_size = self.sampler.batch_size
-        idx = self.sampler.indices(step)[process_rows(self.mesh, batch_size)]
-        train = self.dataset.train
-        return shard_rows(self.mesh, (train.images[idx], train.labels[idx],
-                                      train.labelled[idx], idx.astype(np.int32)), batch_size)
+        idx = self._indices(step)
+        return shard_rows(self.mesh, (*self.dataset.train.rows(idx), idx.astype(np.int32)),
+                          self.sampler.batch_size)
+
+    def batches(self, first: int, stop: int) -> Iterator[Batch]:
+        """The training batches of steps `first` .. `stop - 1`, as `batch` gives them: of a
+        streamed data set, decoded on `config.data.read_threads` threads ahead of the step
+        (`data.read_batches`). A resumed run starts at its step."""
+        rows = data.read_batches(self.dataset.train, self._indices, first, stop,
+                                 data.read_threads(self.config.data))
+        with contextlib.closing(rows):
+            for step, arrays in zip(range(first, stop), rows):
+                yield shard_rows(self.mesh, (*arrays, self._indices(step).astype(np.int32)),
+                                 self.sampler.batch_size)
 
     def train_step(self, stage: methods.Stage | None = None) -> TrainStep:
         """The jitted step of `stage` (None: the main stage), for states `start_stage` made
@@ -275,7 +294,7 @@ def prepare(config: ml_collections.ConfigDict, dataset: data.Dataset | None = No
     mesh = make_mesh(config.get("num_devices"), (config.batch_size, eval_batch))
     check_batch("batch_size", config.batch_size, mesh)
     check_batch("eval_batch_size", eval_batch, mesh)
-    image_shape = augment.input_shape(config.augment, dataset.train.images.shape[1:])
+    image_shape = augment.input_shape(config.augment, dataset.train.image_shape)
 
     teacher = teacher_sown = None
     if distills:

@@ -203,19 +203,23 @@ def make_eval_step(model: nn.Module, mesh: jax.sharding.Mesh,
                                  out_specs=(P(), P())))
 
 
-def evaluate(eval_step, variables, split: data.Split, batch_size: int,
-             sharding: NamedSharding) -> dict[str, float]:
+def evaluate(eval_step, variables, split: data.Split | data.StreamSplit, batch_size: int,
+             sharding: NamedSharding, read_threads: int = 0) -> dict[str, float]:
     """Accuracy and loss over a whole split, in batches split over `sharding`'s mesh; the last
     batch is padded and masked, not dropped. Each process loads and places only its own rows
-    of every batch."""
+    of every batch (of a streamed split, decoded on `read_threads` threads ahead)."""
     n, mesh = len(split), sharding.mesh
     rows = process_rows(mesh, batch_size)
     totals = MetricSums()
-    for start in range(0, n, batch_size):
-        idx = start + rows
-        valid = idx < n
-        idx = np.where(valid, idx, 0)
-        batch = shard_rows(mesh, (split.images[idx], split.labels[idx], valid), batch_size)
+    num_batches = -(-n // batch_size)
+
+    def batch_indices(b: int) -> np.ndarray:
+        return np.minimum(b * batch_size + rows, n - 1)  # padding repeats the last image
+
+    for b, (images, labels, _) in enumerate(data.read_batches(split, batch_indices, 0,
+                                                              num_batches, read_threads)):
+        valid = b * batch_size + rows < n
+        batch = shard_rows(mesh, (images, labels, valid), batch_size)
         batch_correct, batch_loss = eval_step(variables, *batch)
         totals.add({"correct": batch_correct, "loss": batch_loss})
     sums = totals.result()
