@@ -29,7 +29,7 @@ def teacher_variables(tmp_path_factory):
 @pytest.mark.parametrize("name", sorted(methods.METHODS))
 def test_method_trains_and_its_loss_goes_down(name, teacher_variables):
     method = methods.METHODS[name]
-    config = tiny_config(batch_size=16)
+    config = tiny_config(batch_size=16, num_devices=1)
     config.augment.update(crop_padding=0, flip=False)  # one fixed batch: the loss must fall
     config.optimizer.update(schedule="constant", learning_rate=0.02)
     config.task_loss_weight = 0.0  # the term alone drives the update: its loss must fall

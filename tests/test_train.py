@@ -398,21 +398,27 @@ def test_batch_not_divisible_by_devices(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # SIGKILL and resume.
 
+def train_vid_i(workdir: str, teacher: str, epochs: int) -> None:
+    """The run the kill test kills, resumes and trains whole: VID-I from a tiny teacher."""
+    config = tiny_config(num_epochs=epochs)
+    config.distill.vid_i = dict(weight=1.0)
+    config.teacher.model = dict(name="wrn", depth=10, width=2)
+    config.teacher.workdir = teacher
+    training.train_and_evaluate(config, workdir, dataset=tiny_dataset(per_class=16))
+
+
 RUN_SCRIPT = textwrap.dedent("""
     import sys
     sys.path.insert(0, {tests!r})
-    from test_train import tiny_config, tiny_dataset
-    from vid_jax import training
-    config = tiny_config(num_epochs={epochs})
-    config.distill.vid_i = dict(weight=1.0)
-    config.teacher.model = dict(name="wrn", depth=10, width=2)
-    config.teacher.workdir = {teacher!r}
-    training.train_and_evaluate(config, sys.argv[1], dataset=tiny_dataset(per_class=16))
+    from test_train import train_vid_i
+    train_vid_i(sys.argv[1], {teacher!r}, {epochs})
 """)
 
 
 def test_a_killed_run_resumes_to_the_state_of_an_uninterrupted_one(teacher_run, tmp_path):
-    epochs = 6
+    """SIGKILL in a subprocess once epoch 2 is saved; the same run in this process (the same
+    XLA flags, so the same devices) resumes it and trains it whole."""
+    epochs = 4
     script = tmp_path / "run.py"
     script.write_text(RUN_SCRIPT.format(tests=os.path.join(ROOT, "tests"), epochs=epochs,
                                         teacher=teacher_run[0]))
@@ -428,8 +434,8 @@ def test_a_killed_run_resumes_to_the_state_of_an_uninterrupted_one(teacher_run, 
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (killed / "summary.json").exists()
-    subprocess.run([sys.executable, str(script), str(killed)], env=env, check=True)
-    subprocess.run([sys.executable, str(script), str(whole)], env=env, check=True)
+    train_vid_i(str(killed), teacher_run[0], epochs)
+    train_vid_i(str(whole), teacher_run[0], epochs)
 
     resumed, uninterrupted = (load_variables(str(d), "checkpoints") for d in (killed, whole))
     assert int(resumed["step"]) == int(uninterrupted["step"]) == epochs * 8
