@@ -212,6 +212,11 @@ def test_a_tfds_set_streaming_cannot_read_is_one_line(tfds_copies, tmp_path):
     with pytest.raises(data.DatasetUnavailableError, match="is not prepared in .*; streaming "
                        "does not download"):
         data.load_dataset(dict(base, data_dir=str(tmp_path)))
+    # The other way round: read whole, an array_record copy is one line that names streaming.
+    with pytest.raises(data.DatasetUnavailableError, match="is prepared as array_record only, "
+                       "which TFDS cannot read whole: stream it with config.data.load='stream'"):
+        data.load_dataset(dict(base, load="memory", data_dir=tfds_copies["array_record"],
+                               download=False))
 
 
 def test_tfds_mock_data_streams():

@@ -183,6 +183,12 @@ def load_tfds(name: str, data_dir: str | None = None, train_split: str = "train"
             except Exception as failed:  # any download failure means the same to the user
                 raise DatasetUnavailableError(_unavailable_message(
                     name, data_dir, f"the download failed: {failed}")) from failed
+    except NotImplementedError as array_record_only:  # TFDS cannot iterate array_record
+        raise DatasetUnavailableError(
+            f"TFDS data set {name!r} in {data_dir or 'TFDS_DATA_DIR'} is prepared as "
+            "array_record only, which TFDS cannot read whole: stream it with "
+            "config.data.load='stream' (pip install 'vid-jax[stream]'), or prepare a tfrecord "
+            "copy in another data_dir.") from array_record_only
     except tfds.core.DatasetNotFoundError as unknown:
         # TFDS's own message lists every data set it knows: too long to be useful here.
         raise ValueError(f"TFDS has no data set named {name!r}; see "
