@@ -44,6 +44,11 @@ SOURCE_EPOCHS = 12
 IMAGES_PER_CELL = 15_360
 
 
+def width(role: str) -> str:
+    """How `MODELS[role]` compares with the published network's width, for table titles."""
+    return {64: "full-width", 32: "half-width", 16: "quarter-width"}[MODELS[role]["base_channels"]]
+
+
 def run_config(model: str, classes, num_epochs: int | None) -> ml_collections.ConfigDict:
     """A run on five of CIFAR-10's classes, 32 x 32, CIFAR's crops and flips and channel
     statistics (of all ten classes)."""
@@ -77,8 +82,9 @@ def target_grid(student: str) -> ml_collections.ConfigDict:
     columns = {f"M={m}": dict(data=dict(images_per_class=m)) for m in M}
     return grid_config(
         f"cifar10_transfer_{student}",
-        f"Transfer on CIFAR-10: ResNet-34 teacher on {', '.join(SOURCE_CLASSES)} -> "
-        f"{transfer_table3.TITLES[student]} student on {', '.join(TARGET_CLASSES)}, M images "
+        f"Transfer on CIFAR-10: {width('resnet34')} ResNet-34 teacher on "
+        f"{', '.join(SOURCE_CLASSES)} -> {width(student)} {transfer_table3.TITLES[student]} "
+        f"student on {', '.join(TARGET_CLASSES)}, M images "
         "per class", cell, common.TABLE3_ROWS, columns,
         terms=transfer_table3.terms(student),
         teacher=teacher_config(MODELS["resnet34"], f"{SOURCE_WORKDIR}/resnet34",
