@@ -200,9 +200,11 @@ def test_the_transfer_grids_expand_with_their_rows_and_the_papers_numbers(tmp_pa
     assert lwf.teacher.num_classes == 5 and lwf.data.classes == cifar10_transfer.TARGET_CLASSES
 
 
-def test_missing_weights_and_start_points_fail_before_anything_trains(tmp_path):
+def test_missing_weights_and_start_points_fail_before_anything_trains(tmp_path, monkeypatch):
     from configs import cifar10_transfer, transfer_table3
     from vid_jax import runner
+
+    monkeypatch.chdir(tmp_path)  # the configs' relative paths: none exists here, whatever ran
 
     config = transfer_table3.get_config("cub_vgg9")
     runs = runner.expand(config, str(tmp_path))
