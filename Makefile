@@ -17,8 +17,9 @@ install: $(VENV)/.installed
 quickstart: install
 	$(PY) launch.py --config=configs/quickstart.py --workdir=workdirs/quickstart
 
+# Two to four workers (pytest-xdist), a module to a worker: module fixtures train once.
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n auto --maxprocesses=4 --dist loadfile tests
 
 benchmark: install
 	$(PY) benchmarks/step_speed.py --out=benchmarks/results/step_speed_$$(uname -m)_cpu.json
