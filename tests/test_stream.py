@@ -17,6 +17,9 @@ from vid_jax.training.sampler import BatchSampler
 pytest.importorskip("grain")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+from test_train import tiny_config  # noqa: E402
+
 CLASSES = ("cat", "dog", "emu")
 
 
@@ -35,19 +38,12 @@ def _folder(root, train_per_class=6, test_per_class=3, seed=0):
 
 
 def _config(path, load, **data_fields):
-    config = config_base.base_config()
+    """test_train's tiny run, with a small MLP, reading the folder at `path`."""
+    config = tiny_config(**{"model": dict(name="mlp", hidden_sizes=(8,)), "batch_size": 4,
+                            "eval_batch_size": 4, "num_epochs": 2, "num_devices": 2})
     config.data.update(dict(dict(source="image_folder", path=str(path), image_size=8,
                                  load=load, read_threads=2, mean=(0.5, 0.5, 0.5),
                                  std=(0.25, 0.25, 0.25)), **data_fields))
-    config.augment.crop_padding = 1
-    config.model = dict(name="mlp", hidden_sizes=(8,))
-    config.batch_size = 4
-    config.eval_batch_size = 4
-    config.num_epochs = 2
-    config.num_devices = 2
-    config.optimizer.update(learning_rate=0.05, schedule="cosine")
-    config.progress_bar = False
-    config.log_epochs = False
     return config
 
 
