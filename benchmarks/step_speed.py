@@ -280,22 +280,11 @@ def main(argv):
                   f"{r['compile_seconds']:6.1f} s, median step {r['median_step_seconds']:.3f} s, "
                   f"{r['images_per_sec']:8.1f} images/s", flush=True)
 
-    payload = {
-        "backend": jax.default_backend(),
-        "devices": mesh_size,
-        "devices_available": jax.device_count(),
-        "device_kind": jax.devices()[0].device_kind,
-        "jax_version": jax.__version__,
-        "cpu_count": os.cpu_count(),
-        "machine": platform.machine(),
-        "python": platform.python_version(),
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "date": timing_worker.utc_now(),
-        "command": timing_worker.command_line(),
-        "wall_seconds": round(time.perf_counter() - started, 1),
-        "load_average_1_5_15_min": timing_worker.load_average(load_before),
-        "results": results,
-    }
+    payload = timing_worker.run_record(
+        started, load_before, backend=jax.default_backend(), devices=mesh_size,
+        devices_available=jax.device_count(), device_kind=jax.devices()[0].device_kind,
+        jax_version=jax.__version__, xla_flags=os.environ.get("XLA_FLAGS", ""))
+    payload["results"] = results
     timing_worker.write_json(out, payload)
     print()
     print(f"{payload['backend']} x{mesh_size} ({payload['device_kind']}), jax "

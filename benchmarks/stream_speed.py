@@ -71,7 +71,9 @@ _FED_THREADS = flags.DEFINE_integer("fed_threads", 2, "Decoding threads of the f
 _LOADER_BATCHES = flags.DEFINE_integer("loader_batches", 8, "Timed batches per loader row.")
 _STEPS = flags.DEFINE_integer("steps", 6, "Timed steps of the step and the fed step.")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps (or batches) before timing.")
-_IMAGES = flags.DEFINE_integer("images", None, "JPEGs per setting (default: the setting's).")
+# Every tenth group of NUM_CLASSES images is the test split: fewer than 10 groups leave none.
+_IMAGES = flags.DEFINE_integer("images", None, "JPEGs per setting (default: the setting's).",
+                               lower_bound=10 * NUM_CLASSES)
 _KEEP = flags.DEFINE_string("keep", None, "Write the JPEGs here and keep them (default: a "
                             "temporary directory, removed at the end).")
 
@@ -236,15 +238,10 @@ def main(argv):
         finally:
             if not _KEEP.value:
                 shutil.rmtree(root, ignore_errors=True)
-    payload = {
-        "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
-        "jax_version": jax.__version__, "cpu_count": os.cpu_count(),
-        "machine": platform.machine(), "python": platform.python_version(),
-        "date": timing_worker.utc_now(), "command": timing_worker.command_line(),
-        "wall_seconds": round(time.perf_counter() - started, 1),
-        "load_average_1_5_15_min": timing_worker.load_average(load_before),
-        "results": results,
-    }
+    payload = timing_worker.run_record(
+        started, load_before, backend=jax.default_backend(),
+        device_kind=jax.devices()[0].device_kind, jax_version=jax.__version__)
+    payload["results"] = results
     timing_worker.write_json(out, payload)
     print()
     print(f"{payload['backend']} ({payload['device_kind']}), {payload['cpu_count']} CPUs, "

@@ -23,6 +23,7 @@ import datetime
 import json
 import math
 import os
+import platform
 import statistics
 import sys
 import time
@@ -48,6 +49,15 @@ def load_average(before: tuple[float, ...]) -> dict:
     includes the run itself)."""
     return {"before": [round(v, 2) for v in before],
             "after": [round(v, 2) for v in os.getloadavg()]}
+
+
+def run_record(started: float, load_before: tuple[float, ...], **fields: Any) -> dict:
+    """A results file's contents: `fields` (what ran, on what framework) after the machine,
+    the date, the command, the wall time since `started` (time.perf_counter()) and the load."""
+    return {**fields, "cpu_count": os.cpu_count(), "machine": platform.machine(),
+            "python": platform.python_version(), "date": utc_now(), "command": command_line(),
+            "wall_seconds": round(time.perf_counter() - started, 1),
+            "load_average_1_5_15_min": load_average(load_before)}
 
 
 def write_json(path: str, payload: Any) -> None:

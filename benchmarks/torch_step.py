@@ -315,17 +315,10 @@ def main() -> None:
             print(f"{kind:8s} {r['model']:22s} batch {batch_size:4d}: first step "
                   f"{r['first_step_seconds']:6.1f} s, median step {r['median_step_seconds']:.3f} "
                   f"s, {r['images_per_sec']:8.1f} images/s", flush=True)
-    payload = {
-        "framework": "pytorch", "torch_version": torch.__version__,
-        "threads": torch.get_num_threads(), "channels_last": args.channels_last,
-        "cpu_count": os.cpu_count(), "machine": platform.machine(),
-        "python": platform.python_version(),
-        "date": timing_worker.utc_now(),
-        "command": timing_worker.command_line(),
-        "wall_seconds": round(time.perf_counter() - started, 1),
-        "load_average_1_5_15_min": timing_worker.load_average(load_before),
-        "results": results,
-    }
+    payload = timing_worker.run_record(
+        started, load_before, framework="pytorch", torch_version=torch.__version__,
+        threads=torch.get_num_threads(), channels_last=args.channels_last)
+    payload["results"] = results
     timing_worker.write_json(args.out, payload)
     print(f"\npytorch {payload['torch_version']}, {payload['threads']} threads, channels_last="
           f"{args.channels_last}, {payload['cpu_count']} CPUs, {payload['date']}")
