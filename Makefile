@@ -17,9 +17,10 @@ install: $(VENV)/.installed
 quickstart: install
 	$(PY) launch.py --config=configs/quickstart.py --workdir=workdirs/quickstart
 
-# Two to four workers (pytest-xdist), a module to a worker: module fixtures train once.
+# A worker per logical core, at most four (pytest-xdist; "auto" counts physical cores, which a
+# 2-vCPU cloud VM may report as one), a module to a worker: module fixtures train once.
 test: install
-	$(PY) -m pytest -q -n auto --maxprocesses=4 --dist loadfile tests
+	$(PY) -m pytest -q -n logical --maxprocesses=4 --dist loadfile tests
 
 benchmark: install
 	$(PY) benchmarks/step_speed.py --out=benchmarks/results/step_speed_$$(uname -m)_cpu.json
