@@ -10,7 +10,7 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 from vid_jax import search
-from vid_jax.config_base import cifar10_recipe, cifar100_recipe
+from vid_jax.config_base import cifar10_recipe, cifar100_recipe, teacher_config
 from vid_jax.models import WRN_GROUPS
 from vid_jax.runner import epochs_per_cell, grid_config, row_terms, search_space
 
@@ -153,7 +153,7 @@ def distill(row: str, known=TABLE1_ROWS + (AUTHORS_ROW,)) -> dict[str, dict]:
 
 def teacher(workdir: str) -> ml_collections.ConfigDict:
     """config.teacher of a student of the WRN-40-2 that trained in `workdir`."""
-    return ml_collections.ConfigDict(dict(model=dict(TEACHER_MODEL), workdir=workdir))
+    return teacher_config(dict(TEACHER_MODEL), workdir)
 
 
 def cifar10_images(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -87,8 +87,9 @@ def _teacher_variables(dataset):
     return teacher.init(jax.random.key(7), dataset.train.images[:1] / 255.0, train=False)
 
 
-def _steps(num_devices, dataset, num_steps=3, distill=None):
+def _steps(num_devices, dataset, num_steps=3, distill=None, teacher_batch_norm="running"):
     config = distill_config(num_devices=num_devices)
+    config.teacher.batch_norm = teacher_batch_norm
     if distill is not None:
         config.distill = distill
     run = training.prepare(config, dataset, teacher_variables=_teacher_variables(dataset))
@@ -119,6 +120,44 @@ def test_four_devices_give_the_results_of_one():
     # The heads moved too: one optimizer updates student and heads together.
     alpha = lambda state: state.params["heads"]["vid_i"]["vid_group1"]["alpha"]
     assert not np.allclose(alpha(one_state), alpha(initial))
+
+
+def test_a_teacher_on_batch_statistics_normalises_with_the_whole_batch():
+    """teacher.batch_norm="batch" (the VID authors' teacher is never in eval mode): the
+    teacher's batch norm uses the statistics of the whole batch however it is split over
+    devices, and its layers differ from those of its running statistics."""
+    dataset = tiny_dataset()
+    terms = ("vid_i_loss", "kd_loss")
+    _, one, _ = _steps(1, dataset, num_steps=2, teacher_batch_norm="batch")
+    _, four, _ = _steps(4, dataset, num_steps=2, teacher_batch_norm="batch")
+    _, running, _ = _steps(1, dataset, num_steps=2)
+    for a, b in zip(one, four):
+        for key in terms:
+            np.testing.assert_allclose(a[key], b[key], rtol=2e-5, atol=1e-6, err_msg=key)
+    for key in terms:
+        assert abs(one[0][key] - running[0][key]) > 1e-3 * abs(running[0][key]), key
+
+
+def test_a_shared_step_takes_the_teacher_fields_of_the_run_with_the_teacher():
+    """A run without a teacher first in a shared step leaves teacher.batch_norm at its
+    default; the taught run's "batch" must still be the step's."""
+    dataset = tiny_dataset()
+    student = training.prepare(tiny_config(num_devices=2), dataset)
+    config = distill_config(num_devices=2)
+    config.teacher.batch_norm = "batch"
+    taught = training.prepare(config, dataset, teacher_variables=_teacher_variables(dataset))
+    _, alone = taught.train_step()(taught.place(taught.state), taught.batch(0))
+    _, (_, together) = training.shared_train_step([student, taught])(
+        (student.place(student.state), taught.place(taught.state)), taught.batch(0))
+    for key in ("vid_i_loss", "kd_loss"):
+        np.testing.assert_allclose(together[key], alone[key], rtol=1e-5, err_msg=key)
+
+
+def test_an_unknown_teacher_batch_norm_is_one_error():
+    config = distill_config()
+    config.teacher.batch_norm = "eval"
+    with pytest.raises(ValueError, match=r"^config.teacher.batch_norm='eval': use \"running\""):
+        training.prepare(config, tiny_dataset(), teacher_variables={})
 
 
 def test_online_peers_see_the_whole_batch_however_its_labels_fall_across_devices():

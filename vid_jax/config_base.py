@@ -87,13 +87,21 @@ def base_config() -> ml_collections.ConfigDict:
     return config
 
 
+# How the frozen teacher's batch norm normalises during distillation: "running", with its
+# running statistics (eval mode, as RepDistiller and torchdistill run a teacher), or "batch",
+# with each training batch's statistics (averaged over the devices), its running statistics
+# left as they are: the authors' VID code never puts the teacher in eval mode.
+TEACHER_BATCH_NORM = ("running", "batch")
+
+
 def teacher_config(model: dict | None = None, workdir: str | None = None,
                    **fields) -> ml_collections.ConfigDict:
-    """config.teacher: its model, where its variables come from, its task and input."""
+    """config.teacher: its model, where its variables come from, its task and input, and how
+    its batch norm normalises (`TEACHER_BATCH_NORM`)."""
     teacher = ml_collections.ConfigDict(dict(
         model=model, workdir=placeholder(str), weights=placeholder(str),
         num_classes=placeholder(int), image_size=placeholder(int), mean=placeholder(tuple),
-        std=placeholder(tuple)))
+        std=placeholder(tuple), batch_norm=TEACHER_BATCH_NORM[0]))
     teacher.update(workdir=workdir, **fields)
     return teacher
 
@@ -192,6 +200,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
               "keep at least 1 label per class (None: all); 0 only trains with distillation "
               "terms, which learn from unlabelled images", optional=True)
     check_load(config.data)
+    batch_norm = (config.get("teacher") or {}).get("batch_norm", TEACHER_BATCH_NORM[0])
+    if batch_norm not in TEACHER_BATCH_NORM:
+        raise ValueError(f"config.teacher.batch_norm={batch_norm!r}: use \"running\" (the "
+                         "teacher's running statistics) or \"batch\" (each batch's, as the VID "
+                         "authors' code).")
     fraction = config.data.get("validation_fraction") or 0.0
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"config.data.validation_fraction={fraction!r}: hold out a fraction "

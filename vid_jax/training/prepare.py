@@ -64,7 +64,8 @@ def load_teacher(teacher_config, num_classes: int, image_shape):
                          "to the workdir of the teacher's own run (or config.teacher.weights "
                          "to a weights file).")
     classes, shape = teacher_task(teacher_config, num_classes, image_shape)
-    model = build_model(teacher_config.model, classes)
+    # The axis name only matters for teacher.batch_norm="batch" (statistics over the devices).
+    model = build_model(teacher_config.model, classes, bn_axis_name=AXIS)
     variables = pretrained.load_variables(
         model, shape, teacher_config.get("workdir"), teacher_config.get("weights"),
         field="config.teacher",
@@ -269,8 +270,10 @@ def shared_train_step(runs: Sequence[Run], stage: methods.Stage | None = None) -
     heads are updated from its own state, as its own step would."""
     check_shareable([r.config for r in runs])
     taught = next((r for r in runs if r.teacher is not None), runs[0])
+    # The runs agree on everything the step reads from a config but the teacher's fields,
+    # which a run without a teacher leaves at their defaults: the taught run's are the step's.
     jitted = make_train_step([r.step_spec(stage) for r in runs], taught.teacher, runs[0].mesh,
-                             runs[0].config)
+                             taught.config)
     return TrainStep(jitted, runs[0].place(taught.teacher_variables), shared=True)
 
 
@@ -304,7 +307,7 @@ def prepare(config: ml_collections.ConfigDict, dataset: data.Dataset | None = No
             teacher, teacher_variables = load_teacher(config.teacher, dataset.num_classes,
                                                       image_shape)
         else:
-            teacher = build_model(config.teacher.model, teacher_classes)
+            teacher = build_model(config.teacher.model, teacher_classes, bn_axis_name=AXIS)
         teacher_sown = _abstract_layers(teacher, teacher_variables, teacher_shape)
     terms = methods.build_terms(config.get("distill"))
     stages = methods.stages_of(terms, config.get("stage_epochs"))

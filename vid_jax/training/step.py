@@ -101,11 +101,15 @@ def teacher_input(config: ml_collections.ConfigDict, crops: jax.Array,
     return x if size is None else augment.resize(x, size)
 
 
-def teacher_layers(teacher: nn.Module | None, variables: Any, x: jax.Array) -> dict[str, Any]:
-    """The teacher's sown layers on `x` (none without a teacher), without gradient."""
+def teacher_layers(teacher: nn.Module | None, variables: Any, x: jax.Array,
+                   batch_statistics: bool = False) -> dict[str, Any]:
+    """The teacher's sown layers on `x` (none without a teacher), without gradient. Its batch
+    norm uses its running statistics, or with `batch_statistics` those of `x` (over the
+    devices where the teacher was built with an axis name); the running ones stay as given."""
     if teacher is None:
         return {}
-    _, sown = teacher.apply(variables, x, train=False, mutable=["intermediates"])
+    mutable = ["intermediates", "batch_stats"] if batch_statistics else ["intermediates"]
+    _, sown = teacher.apply(variables, x, train=batch_statistics, mutable=mutable)
     return jax.lax.stop_gradient(sown_layers(sown["intermediates"]))
 
 
@@ -168,11 +172,15 @@ def make_train_step(specs: Sequence[StepSpec], teacher: nn.Module | None,
 
     The runs share the batch, its augmentation (taken from the first run's seed: runs that
     share a step share their seed) and the teacher's forward; each has its own update.
+    `config` is a run's with the teacher, where one has: its teacher fields are the step's.
     """
+    batch_statistics = (config.get("teacher") or {}).get("batch_norm") == "batch"
+
     def step(states, teacher_variables, images, labels, labelled, indices):
         crops = augmented_crops(config, states[0].rng, states[0].step, images)
         x = augment.normalize(crops, tuple(config.data.mean), tuple(config.data.std))
-        taught = teacher_layers(teacher, teacher_variables, teacher_input(config, crops, x))
+        taught = teacher_layers(teacher, teacher_variables, teacher_input(config, crops, x),
+                                batch_statistics=batch_statistics)
         results = [update(spec, state, x, taught, labels, labelled, indices)
                    for spec, state in zip(specs, states, strict=True)]
         return tuple(r[0] for r in results), tuple(r[1] for r in results)
