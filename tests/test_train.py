@@ -160,6 +160,31 @@ def test_an_unknown_teacher_batch_norm_is_one_error():
         training.prepare(config, tiny_dataset(), teacher_variables={})
 
 
+def test_fitnets_weight_sets_the_hint_beside_the_task_loss_not_the_hint_stages_step():
+    """FitNet's hint stage trains on the hint loss alone, so the term's weight (its strength
+    beside the cross-entropy in the main stage, what a search varies) must not scale it: it
+    would only scale that stage's learning rate."""
+    dataset = tiny_dataset()
+    teacher = _teacher_variables(dataset)
+
+    def first_step(weight, stage_name):
+        config = distill_config(num_devices=1)
+        config.distill = {"fitnet": dict(weight=weight, layers=("group2",))}
+        run = training.prepare(config, dataset, teacher_variables=teacher)
+        stage = next((s for s in run.stages if s.name == stage_name), None)
+        state, metrics = run.train_step(stage)(run.place(run.start_stage(stage, run.state)),
+                                               run.batch(0))
+        return jax.device_get(state.params), float(metrics["loss"])
+
+    (hint_1, loss_1), (hint_10, loss_10) = (first_step(w, "fitnet_hint") for w in (1.0, 10.0))
+    assert loss_1 == pytest.approx(loss_10)
+    jax.tree.map(np.testing.assert_array_equal, hint_1, hint_10)
+    (main_1, loss_1), (main_10, loss_10) = (first_step(w, None) for w in (1.0, 10.0))
+    assert loss_10 > loss_1
+    assert not all(jax.tree.leaves(jax.tree.map(np.allclose, main_1["student"],
+                                                main_10["student"])))
+
+
 def test_online_peers_see_the_whole_batch_however_its_labels_fall_across_devices():
     """DML's and IE-DML's peers learn from the labelled images of the whole batch: with labels
     spread unevenly over 4 devices (one device may hold none), their losses and updates equal

@@ -73,6 +73,11 @@ class Stage:
     if `task_loss`; the student is updated if `trains_student`, and of each such term's
     parameters those under the submodules `trains_heads` names (None: all of them). Every
     other parameter is fixed. Each stage has its own optimizer state and checkpoints.
+
+    A term's loss counts at its config weight if `weighted`, else at 1: a term whose weight
+    sets its strength beside the task loss in the main stage (FitNet's hint) trains alone in
+    its stage, where the weight would only scale the learning rate. Terms that have no main
+    stage (FSP, AB) keep theirs: it is their stage loss's scale.
     """
 
     name: str
@@ -81,6 +86,7 @@ class Stage:
     trains_student: bool = True
     trains_heads: tuple[str, ...] | None = None
     task_loss: bool = False
+    weighted: bool = True
     description: str = ""
 
 

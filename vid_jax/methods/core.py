@@ -63,10 +63,12 @@ class FitNet(LayerPairs, nn.Module):
     """Romero et al. 2015: L2 hint between a regressed student layer and a teacher layer.
 
     The paper trains in two stages: first the student up to its guided layer, with the
-    regressor, on the hint loss alone (stage `fitnet_hint`, run before the main stage), then
-    the whole student (the paper with KD: add a `kd` term). RepDistiller runs one stage with
-    CE + hint; here the main stage keeps the hint term at its config weight, so both are
-    configs: `stage_epochs.fitnet_hint=0` gives RepDistiller's, a small weight the paper's.
+    regressor, on the hint loss alone (stage `fitnet_hint`, run before the main stage; the
+    config weight does not scale it), then the whole student (the paper with KD: add a `kd`
+    term). RepDistiller runs one stage with CE + hint; here the main stage keeps the hint term
+    at its config weight, so both are configs: `stage_epochs.fitnet_hint=0` gives
+    RepDistiller's, a small weight the paper's. (The hint stage updates the whole student:
+    the layers above the guided one get no gradient there, only weight decay.)
     """
 
     layers: Sequence[str] = ("group2",)
@@ -100,7 +102,7 @@ METHODS = [
     Method("fitnet", FitNet, "intermediate maps (regressed)",
            "Romero et al., FitNets: Hints for Thin Deep Nets, ICLR 2015",
            example=dict(weight=1.0, layers=("group2",)),
-           stages=(Stage("fitnet_hint", epochs=10,
+           stages=(Stage("fitnet_hint", epochs=10, weighted=False,
                          description="student and regressor on the hint loss alone"),)),
     Method("at", AT, "attention maps of intermediate layers",
            "Zagoruyko & Komodakis, Paying More Attention to Attention, ICLR 2017",

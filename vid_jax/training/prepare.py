@@ -196,7 +196,8 @@ class Run:
         task = stage is None or stage.task_loss
         return StepSpec(
             student=self.student,
-            terms=tuple(ActiveTerm(t.name, t.weight, t.loss_module(stage))
+            terms=tuple(ActiveTerm(t.name, t.weight if stage is None or stage.weighted else 1.0,
+                                   t.loss_module(stage))
                         for t in self.active_terms(stage)),
             tx=self.optimizer(stage)[0], task_weight=self.config.task_loss_weight if task else 0.0,
             num_examples=len(self.dataset.train), num_classes=self.dataset.num_classes)
