@@ -38,8 +38,10 @@ CIFAR100_TEACHER_HINT = ("Train it: python launch.py --config=configs/cifar100_w
 
 # The distillation terms of the paper's tables: config.distill entries. KD as Hinton (T=4, with
 # CE), FitNet's hint on the middle group, AT's beta = 1000 of its authors' code, NST's weight
-# 50/2 of its authors' code on the three group ends, VID-I on the three group ends; VID-LP (for
-# a student without maps, the MLP) predicts the teacher's logits from the penultimate layer.
+# 25 on the three group ends (the paper writes its term lambda / 2 * MMD^2; its authors' code
+# and RepDistiller scale the MMD by 50, twice this weight: the search below spans both),
+# VID-I on the three group ends; VID-LP (for a student without maps, the MLP) predicts the
+# teacher's logits from the penultimate layer.
 # The authors' own recipe (amzn/xfer, var_info_distil; ../shared/paper/README.md): KD with
 # T = 2 beside 0.1 * VID-I with their linear mean network and their variance.
 TERMS = {
