@@ -37,8 +37,8 @@ def _normal(rng, shape, scale=1.0):
 
 def _wrn_layers(rng, batch, channels, classes=10):
     """Random stand-ins for what a WRN sows on IMAGE x IMAGE inputs."""
-    layers = {f"group{i + 1}": _normal(rng, (batch, IMAGE >> i, IMAGE >> i, c))
-              for i, c in enumerate(channels)}
+    layers = {f"group{i + 1}{end}": _normal(rng, (batch, IMAGE >> i, IMAGE >> i, c))
+              for i, c in enumerate(channels) for end in ("", "_preact")}
     layers["logits"] = _normal(rng, (batch, classes))
     return layers
 
@@ -505,14 +505,14 @@ def test_od_weights_layers_and_updates_margins_only_in_training():
     value, state = _jitted(term.apply, variables, student, teacher, _context(4), mutable=["margin",
                                                                                   "batch_stats"])
     parts = []
-    for g in ("group1", "group2", "group3"):
+    for g in ("group1_preact", "group2_preact", "group3_preact"):
         single = factor_methods.OD(layers=(g,))
         sub = {k: {n: v for n, v in col.items() if n.endswith(g)} for k, col in variables.items()}
         parts.append(_jitted(single.apply, sub, student, teacher, _context(4),
                                   mutable=["margin", "batch_stats"])[0])
     np.testing.assert_allclose(value, 0.25 * parts[0] + 0.5 * parts[1] + parts[2], rtol=1e-5)
-    margin = state["margin"]["margin_group3"]
-    t = teacher["group3"]
+    margin = state["margin"]["margin_group3_preact"]
+    t = teacher["group3_preact"]
     want = [t[..., c][t[..., c] < 0].mean() for c in range(t.shape[-1])]
     np.testing.assert_allclose(fl.margin_from_moments(margin["negative_sum"],
                                                       margin["negative_fraction"]), want, rtol=1e-4)
@@ -620,7 +620,8 @@ def test_ie_dml_without_ie_and_kl_is_the_peer_cross_entropy_plus_reconstructions
 
 
 def test_examples_build_for_wrn_layers():
-    sown = ["group1", "group2", "group3", "features", "logits"]
+    sown = ["group1", "group2", "group3", "group1_preact", "group2_preact", "group3_preact",
+            "features", "logits"]
     for method in factor_methods.METHODS:
         term = _build(method)
         assert set(term.student_layer_names) <= set(sown)

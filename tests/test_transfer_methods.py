@@ -38,8 +38,8 @@ def _np_log_softmax(z):
 def _wrn_layers(channels, classes, batch=4, size=8, seed=0):
     """Random stand-ins for a WRN's sown layers on `size` x `size` images."""
     rng = _rng(seed)
-    layers = {f"group{i + 1}": _normal(rng, (batch, size >> i, size >> i, c))
-              for i, c in enumerate(channels)}
+    layers = {f"group{i + 1}{end}": _normal(rng, (batch, size >> i, size >> i, c))
+              for i, c in enumerate(channels) for end in ("", "_preact")}
     layers["features"] = np.abs(_normal(rng, (batch, channels[-1])))
     layers["logits"] = _normal(rng, (batch, classes), scale=2.0)
     return layers

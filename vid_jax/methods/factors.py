@@ -22,7 +22,7 @@ from vid_jax.methods.base import (
     OneLayer,
     Stage,
 )
-from vid_jax.models import WRN_GROUPS as GROUPS
+from vid_jax.models import WRN_GROUPS_PREACT as GROUPS_PREACT
 from vid_jax.models import build_model, sown_layers
 
 FT_STAGE = "ft_paraphraser"
@@ -118,18 +118,20 @@ class OD(LayerPairs, nn.Module):
     `layer_decay=1` for equal weights. The code's further division by 1000 (CIFAR) is the
     term's config weight, 1e-3 in the example.
 
+    The maps are the ReLUs' inputs, as the authors' code taps them (the output of the BN
+    before each ReLU): WRN's `group{k}_preact` by default, `stage{k}_preact` of the other
+    models.
+
     Deviation, the margin: the paper computes m_c = E[t_c | t_c < 0] in closed form from
     the teacher BN's mean and scale (the BN right before the ReLU), assuming Gaussian
-    responses. A term sees only the layers the teacher sows, not its BN parameters, and
-    the WRN's group maps are sown before that BN; so m_c is estimated from the sown map
-    itself, as a running average over training batches of the per-channel negative
-    moments (`heads.factors.NegativeMeanMargin`, state collection "margin", synchronised
-    over `ctx.axis_name`). For Gaussian responses both give the same m_c; the estimate
-    needs no Gaussian assumption and fits whatever map is sown. On models that sow
-    `stage{k}_preact`, name those layers.
+    responses. A term sees only the layers the teacher sows, not its BN parameters; so m_c
+    is estimated from the sown map itself, as a running average over training batches of
+    the per-channel negative moments (`heads.factors.NegativeMeanMargin`, state collection
+    "margin", synchronised over `ctx.axis_name`). For Gaussian responses both give the
+    same m_c; the estimate needs no Gaussian assumption.
     """
 
-    layers: tuple[str, ...] = GROUPS
+    layers: tuple[str, ...] = GROUPS_PREACT
     teacher_layers: tuple[str, ...] | None = None
     layer_decay: float = 0.5
     margin_momentum: float = 0.9
@@ -342,7 +344,7 @@ METHODS = [
            stages=(_reconstruction_stage(FT_STAGE, "paraphraser", epochs=5),),
            frozen=("paraphraser",)),
     Method("od", OD, "pre-ReLU maps (margin ReLU, partial L2)", _OD_PAPER,
-           example=dict(weight=1e-3, layers=GROUPS)),
+           example=dict(weight=1e-3, layers=GROUPS_PREACT)),
     Method("ie_ft", IEFT, "factors: inheriting half pulled in, exploring half pushed away",
            _IE_PAPER, example=_IE_EXAMPLE, stages=_IE_STAGES, frozen=("ie_autoencoder",)),
     Method("ie_kd", IEFT, "as ie_ft (the paper's default IE-KD)", _IE_PAPER,

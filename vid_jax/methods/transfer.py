@@ -21,6 +21,7 @@ from vid_jax.methods.base import (
     Stage,
 )
 from vid_jax.models import WRN_GROUPS as GROUPS
+from vid_jax.models import WRN_GROUPS_PREACT as GROUPS_PREACT
 
 FSP_STAGE = "fsp_init"
 AB_STAGE = "ab_init"
@@ -151,9 +152,10 @@ class AB(LayerPairs, nn.Module):
 
     For each layer pair, a connector (1x1 conv + BN, `heads.transfer.ABHead`) maps the student's
     pre-activation to the teacher's channels, and the squared-hinge alternative loss with
-    margin m makes the student's neurons active exactly where the teacher's are. WRN's `group*`
-    ends are pre-activation (before the next BN-ReLU; the authors' code taps after that BN);
-    other models sow `stage{k}_preact`.
+    margin m makes the student's neurons active exactly where the teacher's are. The maps are
+    the ReLUs' inputs, as the authors' code taps them: WRN's `group{k}_preact` (the BN output
+    after each group end; the group ends themselves differ in sign from it for about a fifth
+    of the teacher's neurons), `stage{k}_preact` of the other models.
 
     AB is an initialisation: the paper trains the student and connectors on the AB loss alone
     (stage `ab_init`), then the student on the task alone. So this term gives its loss only in
@@ -165,7 +167,7 @@ class AB(LayerPairs, nn.Module):
     trainer); they use batch statistics, averaged over `ctx.axis_name`, when `ctx.train`.
     """
 
-    layers: Sequence[str] = GROUPS
+    layers: Sequence[str] = GROUPS_PREACT
     teacher_layers: Sequence[str] | None = None
     margin: float = 1.0
     layer_weights: Sequence[float] | None = None
@@ -207,7 +209,7 @@ METHODS = [
     Method("ab", AB, "activation boundaries of pre-activation maps",
            "Heo et al., Knowledge Transfer via Distillation of Activation Boundaries Formed by "
            "Hidden Neurons, AAAI 2019",
-           example=dict(weight=3e-3, layers=GROUPS, layer_weights=(0.25, 0.5, 1.0)),
+           example=dict(weight=3e-3, layers=GROUPS_PREACT, layer_weights=(0.25, 0.5, 1.0)),
            stages=(Stage(AB_STAGE, epochs=30,
                          description="student and connectors on the AB loss alone"),)),
 ]

@@ -8,9 +8,11 @@ import jax
 from vid_jax.models import cifar_resnet, resnet, vgg
 from vid_jax.models.mlp import MLP
 from vid_jax.models.wide_resnet import GROUPS as WRN_GROUPS
+from vid_jax.models.wide_resnet import GROUPS_PREACT as WRN_GROUPS_PREACT
 from vid_jax.models.wide_resnet import WideResNet
 
-__all__ = ["MODELS", "WRN_GROUPS", "MLP", "WideResNet", "build_model", "sown_layers"]
+__all__ = ["MODELS", "WRN_GROUPS", "WRN_GROUPS_PREACT", "MLP", "WideResNet", "build_model",
+           "sown_layers"]
 
 # A model class, or a partial of one that fixes its architecture (its config may override).
 MODELS: dict[str, Callable[..., nn.Module]] = {
