@@ -51,8 +51,11 @@ class FT(OneLayer, nn.Module):
     L1), the FT loss is the paper's per-example L1 norm (the code's `nn.L1Loss` is the
     element mean times beta = 500, i.e. a weight of 500 / (k*C*H*W) here), and the
     paraphraser and translator use BN (commented out in that code, present in the
-    authors' other release). The paper distills the teacher's last block output after
-    its ReLU; the WRN here sows `group3` before its final BN-ReLU, which is used as is.
+    authors' other release). So the example's weight 1 is the paper's loss at unit weight;
+    the code's beta = 500 would be 500 / 4,096 = 0.12 for a WRN-40-2 teacher's `group3`
+    (128 channels, 8 x 8) at rate 0.5, about an eighth of it. The paper distills the
+    teacher's last block output after its ReLU; the WRN here sows `group3` before its final
+    BN-ReLU, which is used as is.
     Maps of different spatial sizes are average-pooled to the smaller size first.
     """
 
@@ -341,7 +344,8 @@ _IE_EXAMPLE = dict(weight=1.0, layer="group3")
 METHODS = [
     Method("ft", FT, "factors of the last group map (paraphraser / translator)", _FT_PAPER,
            example=dict(weight=1.0, layer="group3"),
-           stages=(_reconstruction_stage(FT_STAGE, "paraphraser", epochs=5),),
+           # 30 paraphraser epochs: the FT code's and RepDistiller's.
+           stages=(_reconstruction_stage(FT_STAGE, "paraphraser", epochs=30),),
            frozen=("paraphraser",)),
     Method("od", OD, "pre-ReLU maps (margin ReLU, partial L2)", _OD_PAPER,
            example=dict(weight=1e-3, layers=GROUPS_PREACT)),

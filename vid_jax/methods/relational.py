@@ -118,6 +118,11 @@ class CRD(OneLayer, nn.Module):
     in training steps only (`ctx.train`), never at init. Negatives are drawn with the `distill`
     RNG. Negatives are uniform over the other examples, as in the paper; RepDistiller's CIFAR
     loader instead draws them from examples of other classes.
+
+    `num_negatives` defaults to 4,096, a quarter of the paper's and RepDistiller's 16,384:
+    every step gathers batch x (K + 1) x `embed_dim` memory entries per bank (at batch 128 and
+    K = 16,384, 1.1 GB in float32 each), which a CPU or a small accelerator holds badly; the
+    paper reports CRD's accuracy rising slowly with K. Set 16384 for the paper's.
     """
 
     layer: str = "features"
