@@ -415,9 +415,11 @@ def test_the_protocol_grid_is_table1a_on_original_pixels():
     assert authors.config.distill.vid_i_authors.weight == 0.1
     assert authors.config.distill.kd_authors.temperature == 2.0
     listed = runner.describe(runs).splitlines()
-    assert listed[0].startswith("# search: ") and listed[0].endswith(": 37 runs, 2257 epochs")
-    assert listed[38].startswith("# final: ") and listed[38].endswith(": 27 runs, 1647 epochs")
-    assert listed[-1] == "# 64 runs, 3904 epochs (0 done)"
+    # FitNet's hint stage (10 epochs) counts: 3 candidates and 3 seeds.
+    assert listed[0].startswith("# search: ") and listed[0].endswith(": 37 runs, 2287 epochs")
+    assert listed[38].startswith("# final: ") and listed[38].endswith(": 27 runs, 1677 epochs")
+    assert listed[-1] == "# 64 runs, 3964 epochs (0 done)"
+    assert sum(" 61 epochs + 10 fitnet_hint  distill: fitnet " in line for line in listed) == 6
     assert "distill: vid_i (weight: chosen from 0.1, 1, 10, 30)" in listed[39 + 3 * 5]
 
 

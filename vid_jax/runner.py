@@ -657,13 +657,28 @@ def _terms_line(run: Run) -> str:
                      for term, entry in run.config.distill.items()) or "-"
 
 
+def _stage_epochs(run: Run) -> dict[str, int]:
+    """The epochs of the stages the run's terms declare, before its main stage."""
+    from vid_jax import methods  # the registry imports every method: only when listing
+
+    terms = methods.build_terms(run.config.get("distill"))
+    return {s.name: s.epochs for s in methods.stages_of(terms, run.config.get("stage_epochs"))
+            if s.epochs}
+
+
+def _epochs(run: Run) -> int:
+    return run.config.num_epochs + sum(_stage_epochs(run).values())
+
+
 def describe(runs: Sequence[Run]) -> str:
-    """One line per run: its workdir, epochs and distillation terms (whether it is done). The
-    protocol's runs come under a heading per phase, with their counts and epochs."""
+    """One line per run: its workdir, epochs (a stage's before the main one's, counted in the
+    totals) and distillation terms (whether it is done). The protocol's runs come under a
+    heading per phase, with their counts and epochs."""
     def line(run: Run) -> str:
         state = "  (diverged)" if run.diverged else "  (done)" if run.done else ""
-        return (f"{run.workdir}  {run.config.num_epochs} epochs  distill: {_terms_line(run)}"
-                f"{state}")
+        stages = "".join(f" + {n} {name}" for name, n in _stage_epochs(run).items())
+        return (f"{run.workdir}  {run.config.num_epochs} epochs{stages}  distill: "
+                f"{_terms_line(run)}{state}")
 
     if not any(r.phase for r in runs):
         return "\n".join(line(run) for run in runs)
@@ -681,10 +696,10 @@ def describe(runs: Sequence[Run]) -> str:
     for phase, members in (("search", searched), ("final", final)):
         if not members:
             continue
-        epochs = sum(r.config.num_epochs for r in members)
+        epochs = sum(_epochs(r) for r in members)
         lines.append(f"# {heads[phase]}: {len(members)} runs, {epochs} epochs")
         lines.extend(line(run) for run in members)
-    total = sum(r.config.num_epochs for r in runs)
+    total = sum(_epochs(r) for r in runs)
     lines.append(f"# {len(runs)} runs, {total} epochs ({sum(r.done for r in runs)} done)")
     return "\n".join(lines)
 
