@@ -433,8 +433,8 @@ def test_layer_that_is_not_sown(teacher_run, tmp_path):
     config.teacher.model.width = 2
     config.distill.vid_i.layers = ("group1", "group4")
     with pytest.raises(ValueError,
-                       match=r"\['group4'\].*it sows: features, group1, group2, group3, "
-                                         r"logits"):
+                       match=r"\['group4'\].*it sows: features, group1, group1_preact, "
+                             r"group2, group2_preact, group3, group3_preact, logits\.$"):
         training.train_and_evaluate(config, str(tmp_path / "run"), dataset=tiny_dataset())
     assert not (tmp_path / "run").exists()
 
