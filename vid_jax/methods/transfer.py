@@ -154,8 +154,8 @@ class AB(LayerPairs, nn.Module):
     pre-activation to the teacher's channels, and the squared-hinge alternative loss with
     margin m makes the student's neurons active exactly where the teacher's are. The maps are
     the ReLUs' inputs, as the authors' code taps them: WRN's `group{k}_preact` (the BN output
-    after each group end; the group ends themselves differ in sign from it for about a fifth
-    of the teacher's neurons), `stage{k}_preact` of the other models.
+    after each group end; the group ends themselves differ in sign from it for 17-28% of the
+    CIFAR-10 teacher's activations), `stage{k}_preact` of the other models.
 
     AB is an initialisation: the paper trains the student and connectors on the AB loss alone
     (stage `ab_init`), then the student on the task alone. So this term gives its loss only in
