@@ -88,7 +88,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 # How the frozen teacher's batch norm normalises during distillation: "running", with its
-# running statistics (eval mode, as RepDistiller and torchdistill run a teacher), or "batch",
+# running statistics (eval mode, as RepDistiller runs a teacher), or "batch",
 # with each training batch's statistics (averaged over the devices), its running statistics
 # left as they are: the authors' VID code never puts the teacher in eval mode.
 TEACHER_BATCH_NORM = ("running", "batch")

@@ -34,8 +34,8 @@ class DML(nn.Module):
     (`ctx.images`), so one optimizer trains all of them. The term returns the student's
     mimicry loss plus every peer's whole loss; give it weight 1.
 
-    All networks update at once from the same step's predictions, as most reimplementations
-    do (e.g. Knowledge-Distillation-Zoo); the paper's Algorithm 1 alternates, each network
+    All networks update at once from the same step's predictions, as Knowledge-Distillation-Zoo
+    does; the paper's Algorithm 1 alternates, each network
     updated after the previous one's update. `temperature` (the paper's is 1) divides the
     logits without KD's T^2 factor on the KL.
     """

@@ -121,8 +121,8 @@ class CRD(OneLayer, nn.Module):
 
     `num_negatives` defaults to 4,096, a quarter of the paper's and RepDistiller's 16,384:
     every step gathers batch x (K + 1) x `embed_dim` memory entries per bank (at batch 128 and
-    K = 16,384, 1.1 GB in float32 each), which a CPU or a small accelerator holds badly; the
-    paper reports CRD's accuracy rising slowly with K. Set 16384 for the paper's.
+    K = 16,384, 1.1 GB in float32 each), which a CPU or a small accelerator holds badly. Set
+    16384 for the paper's.
     """
 
     layer: str = "features"
